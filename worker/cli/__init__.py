@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from worker.cli import db
+from worker.cli import admin, db, worker
 from worker.cli.common import CliState
 
 app = typer.Typer(
@@ -44,7 +44,9 @@ def root(
     )
 
 
+admin.register(app)
 db.register(app)
+worker.register(app)
 
 
 def main() -> None:
