@@ -84,3 +84,11 @@ def test_db_commands_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert "at head" in runner.invoke(app, ["db", "current"]).output
     downgraded = runner.invoke(app, ["db", "downgrade", "base"])
     assert "database at base" in downgraded.output
+
+
+def test_readme_lists_every_setting() -> None:
+    from worker.config import Settings
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [name for name in Settings.model_fields if f"`HCLAL_{name.upper()}`" not in readme]
+    assert missing == []
