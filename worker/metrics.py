@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 
 from prometheus_client import Counter, Histogram, start_http_server
 
@@ -27,6 +28,21 @@ STAGE_SECONDS = Histogram(
 )
 
 STAGES = ("receive_to_complete", "complete_to_start", "start_to_report", "report_to_delivered")
+
+
+def seconds_between(start: datetime | None, end: datetime | None) -> float | None:
+    """Return ``end - start`` in seconds, or None when either is missing.
+
+    SQLite returns naive datetimes for timezone-aware columns; they were written
+    in UTC, so they are read as UTC.
+    """
+    if start is None or end is None:
+        return None
+    return (_as_utc(end) - _as_utc(start)).total_seconds()
+
+
+def _as_utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def observe_stage(stage: str, seconds: float | None) -> None:

@@ -32,6 +32,7 @@ from worker.db.models import (
     utcnow,
 )
 from worker.db.session import get_engine, session_scope
+from worker.localizer_cache import model_name
 
 LOGGER = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def _start(engine, analysis_id: int) -> AnalysisContext | int:  # noqa: ANN001
         analysis.started_at = utcnow()
         analysis.worker_name = socket.gethostname()
         analysis.error = None
-        metrics.observe_stage("complete_to_start", _seconds(analysis.complete_at, analysis.started_at))
+        metrics.observe_stage("complete_to_start", metrics.seconds_between(analysis.complete_at, analysis.started_at))
         study = analysis.study
         paths = session.scalars(
             select(Instance.file_path).join(Series).where(Series.study_id == study.id)
@@ -158,13 +159,13 @@ def _store_results(engine, context, inputs, predictions, report_file, localizer)
             file_path=str(report_file.path),
         )
         session.add(report)
-        analysis.coarse_model = localizer.coarse_name
-        analysis.fine_model = localizer.fine_name
+        analysis.coarse_model = model_name(localizer, "coarse")
+        analysis.fine_model = model_name(localizer, "fine")
         analysis.report_written_at = utcnow()
         analysis.state = AnalysisState.REPORTED
         analysis.study.state = StudyState.ANALYSED
         session.flush()
-        metrics.observe_stage("start_to_report", _seconds(analysis.started_at, analysis.report_written_at))
+        metrics.observe_stage("start_to_report", metrics.seconds_between(analysis.started_at, analysis.report_written_at))
         metrics.ANALYSES.labels(state=AnalysisState.REPORTED.value).inc()
         LOGGER.info("analysis %d reported as SR %s", analysis.id, report.sop_instance_uid)
         return report.id
@@ -235,19 +236,6 @@ def _previous_report(session: Session, study_id: int, analysis_id: int) -> Repor
 
 def _optional_float(value: float | None) -> float | None:
     return None if value is None else float(value)
-
-
-def _seconds(start, end) -> float | None:  # noqa: ANN001
-    if start is None or end is None:
-        return None
-    return (_aware(end) - _aware(start)).total_seconds()
-
-
-def _aware(moment):  # noqa: ANN001, ANN202
-    # SQLite returns naive datetimes for timezone-aware columns; they were written in UTC.
-    from datetime import timezone
-
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 __all__ = ["AnalysisError", "run_analysis"]
