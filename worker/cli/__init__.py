@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from worker.cli import admin, db, lesions, vocab, worker
+from worker.cli import admin, db, demo, lesions, vocab, worker
 from worker.cli.common import CliState
 
 app = typer.Typer(
@@ -46,6 +46,7 @@ def root(
 
 admin.register(app)
 db.register(app)
+demo.register(app)
 lesions.register(app)
 vocab.register(app)
 worker.register(app)
