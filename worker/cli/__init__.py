@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from worker.cli import db
+from worker.cli import phantom
 from worker.cli import vocab
 from worker.cli.common import CliState
 
@@ -46,6 +47,7 @@ def root(
 
 
 db.register(app)
+phantom.register(app)
 vocab.register(app)
 
 
