@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from worker.cli import admin, db, demo, lesions, vocab, worker
+from worker.cli import admin, db, demo, lesions, phantom, vocab, worker
 from worker.cli.common import CliState
 
 app = typer.Typer(
@@ -48,6 +48,7 @@ admin.register(app)
 db.register(app)
 demo.register(app)
 lesions.register(app)
+phantom.register(app)
 vocab.register(app)
 worker.register(app)
 
