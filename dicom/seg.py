@@ -1,9 +1,10 @@
 """Segment masks of a DICOM Segmentation placed on a CT or PET grid (PS3.3 A.51, C.8.20).
 
 The SEG is read with highdicom. Each frame belongs to one segment (Segment
-Identification Sequence) and lies either at a Plane Position (Patient) in
-the SEG's frame of reference, or, when the position is absent, on the source
-image it was derived from (Source Image Sequence, by SOP Instance UID).
+Identification Sequence). A frame lies at its Plane Position (Patient) in the
+SEG's frame of reference. A SEG without a frame of reference has no positions,
+so its frames lie on the source images they were derived from (Source Image
+Sequence, by SOP Instance UID).
 
 A segment is placed on a target :class:`~dicom.volume.Volume` by patient
 coordinates: each target voxel centre near the segment is mapped to the

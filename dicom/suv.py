@@ -35,6 +35,8 @@ DECAY_START = "START"
 DECAY_ADMIN = "ADMIN"
 DECAY_NONE = "NONE"
 
+SECONDS_PER_DAY = 86400.0
+
 
 @dataclass(frozen=True)
 class SuvResult:
@@ -73,7 +75,8 @@ def compute_suv_factor(pet: Dataset) -> SuvResult:
 
     The radiopharmaceutical start is Radiopharmaceutical Start DateTime
     (0018,1078) when present, else Radiopharmaceutical Start Time (0018,1072)
-    on the Series Date.
+    on the Series Date, moved to the day before when that puts it after the
+    scan.
     """
     uid = pet.get("SeriesInstanceUID", "?")
     corrected = [str(value).upper() for value in _as_list(pet.get("CorrectedImage"))]
@@ -115,6 +118,10 @@ def compute_suv_factor(pet: Dataset) -> SuvResult:
     if reference is None:
         return _fail(uid, "the series or acquisition date and time are missing")
     elapsed_s = (reference - injection).total_seconds()
+    if -SECONDS_PER_DAY < elapsed_s < 0 and not info.get("RadiopharmaceuticalStartDateTime"):
+        # Radiopharmaceutical Start Time has no date: an injection before midnight
+        # and a scan after it put the injection on the wrong (series) day.
+        elapsed_s += SECONDS_PER_DAY
     if elapsed_s < 0:
         return _fail(uid, "the radiopharmaceutical start is after the acquisition start")
 

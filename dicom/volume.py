@@ -1,11 +1,10 @@
 """Assemble a CT or PET series into a 3-D :class:`Volume` in LPS patient coordinates.
 
 Classic single-frame series (one instance per slice) and Enhanced multi-frame
-instances (PS3.3 C.7.6.16, Multi-frame Functional Groups) are handled by the
-same code: each frame becomes a :class:`FrameRecord` holding its position,
-orientation, spacing and rescale values, and the records are sorted by their
-position along the slice normal, never by file name, Instance Number or order
-of arrival.
+instances (PS3.3 C.7.6.16, Multi-frame Functional Groups) share one path. Each
+frame becomes a :class:`FrameRecord` with its position, orientation, spacing
+and rescale values. The records are sorted by their position along the slice
+normal, never by file name, Instance Number or order of arrival.
 
 Headers are read without pixel data first. Pixel data is then read one
 instance at a time into a preallocated float32 array, so the peak memory is
@@ -385,8 +384,12 @@ def _read_pixels(records: Sequence[FrameRecord], series_uid: str) -> np.ndarray:
         pixels = _source_pixels(entries[0][1].source, series_uid)
         for slot, record in entries:
             frame = pixels if record.frame_index is None else pixels[record.frame_index]
-            np.multiply(frame, record.slope, out=array[slot], casting="unsafe")
-            array[slot] += record.intercept
+            target = array[slot]
+            target[...] = frame
+            if record.slope != 1.0:
+                target *= np.float32(record.slope)
+            if record.intercept != 0.0:
+                target += np.float32(record.intercept)
         del pixels
     return array
 

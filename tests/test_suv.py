@@ -39,8 +39,25 @@ BASE = PetDose(scan_start=scan_time_after(60))
         (replace(BASE, decay_correction="ADMIN"), None, 0.9459),
         (replace(BASE, decay_correction="NONE"), scan_time_after(90), 1.6699),
         (replace(BASE, scan_start=scan_time_after(75)), scan_time_after(60), 1.3817),
+        (
+            replace(
+                BASE,
+                injection=datetime(2024, 1, 1, 23, 30),
+                scan_start=datetime(2024, 1, 2, 0, 30),
+                use_start_datetime=False,
+            ),
+            datetime(2024, 1, 2, 0, 30),
+            1.3817,
+        ),
     ],
-    ids=["start-datetime", "start-time-on-series-date", "admin", "none-acquisition", "series-time-rewritten"],
+    ids=[
+        "start-datetime",
+        "start-time-on-series-date",
+        "admin",
+        "none-acquisition",
+        "series-time-rewritten",
+        "injection-before-midnight",
+    ],
 )
 def test_suv_factor_matches_hand_value(dose: PetDose, acquired: datetime | None, expected_suv: float) -> None:
     result = compute_suv_factor(pet_header(dose, acquired))
