@@ -6,7 +6,11 @@ the image values refer to. Tissue density is taken as 1 g/ml, so SUVbw is
 unitless. The factor returned here multiplies the rescaled pixel values.
 
 When the factor cannot be computed, :class:`SuvResult` carries ``None`` and a
-reason; no default weight, dose or time is ever assumed.
+reason. No default weight, dose or time is assumed.
+
+NOTE: the attributes are read as the PET Image IOD (PS3.3 A.21) places them.
+Enhanced PET instances (PS3.3 A.56) keep corrections and times in functional
+groups, which this module does not read, so they may get ``None`` with a reason.
 """
 
 from __future__ import annotations

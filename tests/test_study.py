@@ -42,7 +42,12 @@ class StudyFolder:
     nac_pet_uid: str
 
 
-def write_study(folder: Path, dose: PetDose = DOSE, seg_frame_of_reference: str | None = None) -> StudyFolder:
+def write_study(
+    folder: Path,
+    dose: PetDose = DOSE,
+    seg_frame_of_reference: str | None = None,
+    seg_references_series: bool = True,
+) -> StudyFolder:
     """Write a study with two CTs, an attenuation-corrected and an uncorrected PET, and a SEG."""
     ids = SeriesIds()
     hu = np.full(CT_GEOMETRY.shape, -50.0)
@@ -62,6 +67,8 @@ def write_study(folder: Path, dose: PetDose = DOSE, seg_frame_of_reference: str 
     seg.StudyInstanceUID = ids.study_uid
     if seg_frame_of_reference:
         seg.FrameOfReferenceUID = seg_frame_of_reference
+    if not seg_references_series:
+        del seg.ReferencedSeriesSequence
 
     write_datasets(ct, folder / "a", "ct")
     write_datasets(other_ct, folder / "b", "ct")
@@ -88,6 +95,17 @@ def test_load_study_chooses_series_and_measures(tmp_path: Path) -> None:
     assert main.hu_mean == pytest.approx(35.0)
     assert main.suv_max == pytest.approx(1.3817, abs=1e-4)
     assert main.suv_peak == pytest.approx(1.3817, abs=1e-4)
+
+
+def test_load_study_ct_by_pet_frame_of_reference(tmp_path: Path) -> None:
+    study = write_study(tmp_path, seg_references_series=False)
+
+    inputs = load_study([tmp_path])
+
+    assert inputs.choices["ct"] == {
+        "series_instance_uid": study.ct_uid,
+        "reason": "shares the PET frame of reference",
+    }
 
 
 def test_load_study_decay_none_uses_each_bed_time(tmp_path: Path) -> None:
