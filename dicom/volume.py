@@ -136,7 +136,8 @@ def load_series(
     Raises
     ------
     SeriesError
-        If the instances mix series, orientations or matrix sizes, two frames
+        If the instances mix series, orientations or matrix sizes (localizer
+        images are skipped first), two frames
         share a position, the positions do not lie on a line, or a gap is too
         large.
     """
@@ -145,6 +146,7 @@ def load_series(
     headers = [_as_header(source) for source in sources]
     series_uid = str(headers[0].get("SeriesInstanceUID", ""))
     _check_single_series(headers, series_uid)
+    headers = _without_localizers(headers, series_uid)
 
     records = [record for header in headers for record in frame_records(header)]
     normal = _normal(records[0])
@@ -263,6 +265,24 @@ def _as_header(source: Dataset | str | Path) -> Dataset:
     if isinstance(source, Dataset):
         return source
     return read_header(Path(source))
+
+
+def _without_localizers(headers: Sequence[Dataset], series_uid: str) -> list[Dataset]:
+    """Drop scout images, which some scanners store in the axial series (Image Type value 3 LOCALIZER)."""
+    kept = [header for header in headers if not _is_localizer(header)]
+    if len(kept) < len(headers):
+        logger.info("series %s: skipped %d localizer images", series_uid, len(headers) - len(kept))
+    if not kept:
+        raise SeriesError(f"series {series_uid} contains only localizer images; it is not a volume")
+    return kept
+
+
+def _is_localizer(header: Dataset) -> bool:
+    image_type = header.get("ImageType")
+    if image_type is None or isinstance(image_type, str):
+        return False
+    values = [str(value).upper() for value in image_type]
+    return len(values) > 2 and values[2] == "LOCALIZER"
 
 
 def _has_file(dataset: Dataset) -> bool:

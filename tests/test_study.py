@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, replace
@@ -14,6 +15,7 @@ import pytest
 
 from dicom.seg import SegmentationError
 from dicom.study import StudyError, load_study
+from dicom.suv import SuvResult
 from tests.support.series_factory import (
     Geometry,
     PetDose,
@@ -120,6 +122,20 @@ def test_load_study_decay_none_uses_each_bed_time(tmp_path: Path) -> None:
     assert float(inputs.pet.array[2].max()) == pytest.approx(1.3817, abs=1e-4)
     assert float(inputs.pet.array[3].min()) == pytest.approx(1.6699, abs=1e-4)
     assert lesion.suv_max == pytest.approx(1.6699, abs=1e-4)
+
+
+def test_load_study_without_pet(tmp_path: Path) -> None:
+    write_study(tmp_path)
+    shutil.rmtree(tmp_path / "c")
+
+    inputs = load_study([tmp_path])
+
+    assert inputs.pet is None
+    assert inputs.pet_series_uid is None
+    assert inputs.suv == SuvResult(factor=None, reason="the study has no PET series")
+    assert inputs.choices["pet"]["reason"] == "the study has no PET series, so SUV values are empty"
+    assert inputs.lesions[0].suv_max is None
+    assert inputs.lesions[0].hu_mean == pytest.approx(35.0)
 
 
 def test_load_study_without_seg(tmp_path: Path) -> None:
