@@ -45,6 +45,8 @@ class StudyInputs:
     pet_series_uid: str | None
     seg: Dataset
     choices: dict[str, dict[str, str]] = field(default_factory=dict)
+    ct_headers: list[Dataset] = field(default_factory=list)
+    pet_headers: list[Dataset] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,8 @@ def load_study(paths: Iterable[str | Path], *, one_lesion_per_segment: bool = Fa
         pet_series_uid=pet.series_instance_uid if pet is not None else None,
         seg=seg,
         choices=choices,
+        ct_headers=list(ct_series.headers),
+        pet_headers=list(pet_series.headers) if pet_series is not None else [],
     )
 
 

@@ -71,6 +71,14 @@ class Settings(BaseSettings):
     result_backend: str | None = Field(
         default=None, description="Celery result backend URL; empty means none."
     )
+    broker_visibility_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds before a task taken by a worker that died is given to another worker.",
+    )
+    task_time_limit: float = Field(
+        default=900.0, gt=0, description="Seconds after which an analysis task is killed."
+    )
 
     ae_title: str = Field(default="HCLAL", description="AE title of the worker's SCP and SCU.")
     scp_host: str = Field(default="127.0.0.1", description="Address the SCP listens on.")

@@ -8,8 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from worker.cli import db
-from worker.cli import lesions
+from worker.cli import admin, db, demo, lesions, vocab, worker
 from worker.cli.common import CliState
 
 app = typer.Typer(
@@ -45,8 +44,12 @@ def root(
     )
 
 
+admin.register(app)
 db.register(app)
+demo.register(app)
 lesions.register(app)
+vocab.register(app)
+worker.register(app)
 
 
 def main() -> None:

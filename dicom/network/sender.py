@@ -1,0 +1,92 @@
+"""Send a folder of DICOM files by C-STORE, as a PACS forwards a study.
+
+Used by ``hclal demo`` and the end-to-end benchmark; the worker's own reports go
+out through :mod:`dicom.network.scu`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pynetdicom import AE, _config, build_context
+from pynetdicom.sop_class import Verification
+
+LOGGER = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+
+
+class SendError(RuntimeError):
+    """The peer could not be reached or refused an instance."""
+
+
+@dataclass(frozen=True)
+class SentFile:
+    """One file and the C-STORE status the peer returned."""
+
+    path: Path
+    sop_instance_uid: str
+    status: int
+
+
+def dicom_files(folder: Path) -> list[Path]:
+    """Return the DICOM files below ``folder`` (those with the ``DICM`` preamble), sorted."""
+    files = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        with path.open("rb") as handle:
+            handle.seek(128)
+            if handle.read(4) == b"DICM":
+                files.append(path)
+    return files
+
+
+def send_files(
+    paths: Iterable[Path],
+    host: str,
+    port: int,
+    called_ae_title: str,
+    calling_ae_title: str = "HCLALSEND",
+    on_sent: Callable[[SentFile], None] | None = None,
+) -> list[SentFile]:
+    """Send every file over one association, proposing each file's own SOP class and syntax.
+
+    Raises
+    ------
+    SendError
+        If the association is rejected or aborted, or the peer answers a failure status.
+    """
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    headers = [(Path(p), pydicom.dcmread(p, stop_before_pixels=True)) for p in paths]
+    contexts = {}
+    for _, header in headers:
+        key = (str(header.SOPClassUID), str(header.file_meta.TransferSyntaxUID))
+        contexts[key] = build_context(*key)
+    ae = AE(ae_title=calling_ae_title)
+    ae.requested_contexts = [build_context(Verification), *contexts.values()][:128]
+
+    association = ae.associate(host, port, ae_title=called_ae_title)
+    if not association.is_established:
+        raise SendError(f"association with {called_ae_title} at {host}:{port} was rejected or failed")
+    sent = []
+    try:
+        for path, header in headers:
+            status = association.send_c_store(path)
+            code = int(status.Status) if "Status" in status else None
+            if code is None:
+                raise SendError(f"no C-STORE response for {header.SOPInstanceUID} from {called_ae_title}")
+            if code != SUCCESS and (code >> 12) != 0xB:
+                raise SendError(
+                    f"{called_ae_title} answered status 0x{code:04X} to {header.SOPInstanceUID}"
+                )
+            item = SentFile(path, str(header.SOPInstanceUID), code)
+            sent.append(item)
+            if on_sent is not None:
+                on_sent(item)
+    finally:
+        association.release()
+    LOGGER.info("sent %d instances to %s at %s:%d", len(sent), called_ae_title, host, port)
+    return sent

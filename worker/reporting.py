@@ -1,0 +1,189 @@
+"""Turn an analysis result into TID 1500 Structured Report files in the reports folder.
+
+Each report is written twice: as Comprehensive 3D SR (sent first) and as the
+configured fallback SOP class without 3-D coordinates, for destinations that do
+not accept Comprehensive 3D SR. Both share their content and tracking UIDs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pydicom
+from pydicom.uid import generate_uid
+
+from worker.config import Settings
+from worker.localizer_cache import checkpoint_hashes
+
+if TYPE_CHECKING:
+    from dicom.study import StudyInputs
+
+LOGGER = logging.getLogger(__name__)
+
+ALGORITHM_NAME = "HCL-AL hierarchical CLIP localisation"
+SR_SERIES_NUMBER = 9001
+
+
+@dataclass(frozen=True)
+class ReportFile:
+    """A Structured Report written to disk."""
+
+    path: Path
+    sop_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    fallback_path: Path | None = None
+
+
+def package_version() -> str:
+    """Return the installed version of this package."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hclal-worker")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def tracking_uid(study_uid: str, inputs: "StudyInputs", lesion) -> str:  # noqa: ANN001
+    """Return a Tracking UID that stays the same for this lesion across re-analyses."""
+    seg_uid = str(inputs.seg.SOPInstanceUID) if inputs.seg is not None else ""
+    return generate_uid(
+        entropy_srcs=[study_uid, seg_uid, str(lesion.segment_number), str(lesion.component)]
+    )
+
+
+def device_uid(settings: Settings) -> str:
+    """Return the Device Observer UID of this installation (derived from its AE title)."""
+    return generate_uid(entropy_srcs=["hclal-device", settings.ae_title])
+
+
+def fallback_sop_class(settings: Settings):  # noqa: ANN201
+    """Return the SR SOP class used when a destination rejects Comprehensive 3D SR."""
+    from dicom.sr import SrSopClass
+
+    return SrSopClass(settings.sr_fallback_sop_class)
+
+
+def _candidate(site, probability: float):  # noqa: ANN001, ANN202
+    from pydicom.sr.coding import Code
+
+    from dicom.sr import SiteCandidate, laterality_code
+
+    return SiteCandidate(
+        code=Code(site.code.value, site.code.scheme, site.code.meaning),
+        probability=float(probability),
+        laterality=laterality_code(site.laterality),
+    )
+
+
+def build_report_inputs(settings: Settings, context, inputs: "StudyInputs", predictions, localizer, sop_class):  # noqa: ANN001, ANN201
+    """Collect what :func:`dicom.sr.build_measurement_report` needs for one analysis."""
+    from dicom.sr import AlgorithmInfo, LesionFinding, PredecessorReport, ReportInputs
+
+    findings = []
+    for lesion, prediction in zip(inputs.lesions, predictions, strict=True):
+        site = _candidate(prediction.site, prediction.probability)
+        ranked = prediction.coarse_topk if prediction.coarse_only else prediction.fine_topk
+        alternatives = [
+            _candidate(localizer.vocabulary.site(site_id), probability)
+            for site_id, probability in ranked
+            if site_id != prediction.site_id
+        ]
+        findings.append(
+            LesionFinding(
+                lesion=lesion,
+                tracking_uid=tracking_uid(context.study_instance_uid, inputs, lesion),
+                site=site,
+                alternatives=alternatives,
+                uncertain=bool(prediction.uncertain),
+            )
+        )
+
+    predecessor = None
+    if context.predecessor is not None:
+        earlier = context.predecessor
+        predecessor = PredecessorReport(
+            sop_class_uid=earlier.sop_class_uid,
+            sop_instance_uid=earlier.sop_instance_uid,
+            series_instance_uid=earlier.series_instance_uid,
+            study_instance_uid=context.study_instance_uid,
+        )
+    algorithm = AlgorithmInfo(
+        name=ALGORITHM_NAME,
+        version=package_version(),
+        checkpoint_hashes=checkpoint_hashes(localizer),
+        device_uid=device_uid(settings),
+        device_name=f"HCL-AL worker {settings.ae_title}",
+    )
+    return ReportInputs(
+        ct_images=inputs.ct_headers,
+        ct_affine=inputs.ct.affine,
+        seg=inputs.seg,
+        findings=findings,
+        algorithm=algorithm,
+        pet_images=inputs.pet_headers,
+        sop_class=sop_class,
+        series_number=SR_SERIES_NUMBER,
+        predecessor=predecessor,
+    )
+
+
+def write_report(settings: Settings, context, inputs: "StudyInputs", predictions, localizer) -> ReportFile:  # noqa: ANN001
+    """Build the SR (and its fallback variant) and write both to the reports folder."""
+    from dataclasses import replace
+
+    from dicom.sr import SrSopClass, build_measurement_report
+
+    report_inputs = build_report_inputs(
+        settings, context, inputs, predictions, localizer, SrSopClass.COMPREHENSIVE_3D
+    )
+    primary = build_measurement_report(report_inputs)
+    folder = settings.reports_dir / context.study_instance_uid
+    path = _write_atomically(primary, folder / f"{primary.SOPInstanceUID}.dcm")
+
+    fallback = build_measurement_report(
+        replace(
+            report_inputs,
+            sop_class=fallback_sop_class(settings),
+            series_instance_uid=str(primary.SeriesInstanceUID),
+            sop_instance_uid=generate_uid(entropy_srcs=[str(primary.SOPInstanceUID), "fallback"]),
+        )
+    )
+    fallback_path = _write_atomically(fallback, folder / f"{primary.SOPInstanceUID}.fallback.dcm")
+    LOGGER.info(
+        "analysis %d: SR %s written with %d lesions", context.analysis_id, primary.SOPInstanceUID,
+        len(report_inputs.findings),
+    )
+    return ReportFile(
+        path=path,
+        sop_instance_uid=str(primary.SOPInstanceUID),
+        series_instance_uid=str(primary.SeriesInstanceUID),
+        sop_class_uid=str(primary.SOPClassUID),
+        fallback_path=fallback_path,
+    )
+
+
+def fallback_path_of(report_path: Path) -> Path:
+    """Return the path of the fallback variant written beside a report."""
+    return report_path.with_name(report_path.stem + ".fallback.dcm")
+
+
+def _write_atomically(dataset: pydicom.Dataset, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".partial")
+    os.close(handle)
+    try:
+        dataset.save_as(temporary, enforce_file_format=True)
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,45 @@
+"""Celery tasks and their in-process equivalent.
+
+``hclal.localize`` runs one analysis and queues the delivery of its report;
+``hclal.deliver`` sends a report to every destination. Both take database ids,
+never datasets, so a redelivered message repeats work without writing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+from celery.utils.log import get_task_logger
+
+from worker.config import Settings
+
+LOGGER = logging.getLogger(__name__)
+TASK_LOGGER = get_task_logger(__name__)
+
+
+def analyse_and_deliver(settings: Settings, analysis_id: int) -> int | None:
+    """Run analysis ``analysis_id`` and queue its report for delivery; return the report id."""
+    from worker.pipeline import run_analysis
+    from worker.queue import enqueue_delivery
+
+    report_id = run_analysis(settings, analysis_id)
+    if report_id is not None:
+        enqueue_delivery(settings, report_id)
+    return report_id
+
+
+def register_tasks(app: Celery, settings: Settings) -> None:
+    """Register ``hclal.localize`` and ``hclal.deliver`` on ``app``, bound to ``settings``."""
+
+    @app.task(name="hclal.localize", acks_late=True, reject_on_worker_lost=True)
+    def localize(analysis_id: int) -> int | None:
+        TASK_LOGGER.info("analysis %d started", analysis_id)
+        return analyse_and_deliver(settings, analysis_id)
+
+    @app.task(name="hclal.deliver", acks_late=True, reject_on_worker_lost=True)
+    def deliver(report_id: int) -> str:
+        from worker.delivery import deliver_report
+
+        TASK_LOGGER.info("delivery of report %d started", report_id)
+        return deliver_report(settings, report_id).value
