@@ -9,8 +9,8 @@ When the factor cannot be computed, :class:`SuvResult` carries ``None`` and a
 reason. No default weight, dose or time is assumed.
 
 NOTE: the attributes are read as the PET Image IOD (PS3.3 A.21) places them.
-Enhanced PET instances (PS3.3 A.56) keep corrections and times in functional
-groups, which this module does not read, so they may get ``None`` with a reason.
+Enhanced PET instances (PS3.3 A.56) keep corrections and times in other
+modules, which this module does not read, so they get ``None`` with a reason.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from pydicom.dataset import Dataset
+from pydicom.uid import EnhancedPETImageStorage
 from pydicom.valuerep import DA, DT, TM
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ def compute_suv_factor(pet: Dataset) -> SuvResult:
     scan.
     """
     uid = pet.get("SeriesInstanceUID", "?")
+    if pet.get("SOPClassUID") == EnhancedPETImageStorage:
+        return _fail(uid, "SUV of Enhanced PET instances is not supported; send the PET as PET Image Storage")
     corrected = [str(value).upper() for value in _as_list(pet.get("CorrectedImage"))]
     if "ATTN" not in corrected:
         return _fail(uid, "the PET series is not attenuation corrected (CorrectedImage lacks ATTN)")

@@ -49,6 +49,7 @@ def write_study(
     dose: PetDose = DOSE,
     seg_frame_of_reference: str | None = None,
     seg_references_series: bool = True,
+    pet_frame_of_reference: str | None = None,
 ) -> StudyFolder:
     """Write a study with two CTs, an attenuation-corrected and an uncorrected PET, and a SEG."""
     ids = SeriesIds()
@@ -58,7 +59,9 @@ def write_study(
     ct = ct_series(hu, CT_GEOMETRY, ids)
     other_ct = ct_series(hu, CT_GEOMETRY, SeriesIds(study_uid=ids.study_uid))
 
-    pet_ids = SeriesIds(study_uid=ids.study_uid, frame_of_reference_uid=ids.frame_of_reference_uid)
+    pet_ids = SeriesIds(
+        study_uid=ids.study_uid, frame_of_reference_uid=pet_frame_of_reference or ids.frame_of_reference_uid
+    )
     nac_ids = SeriesIds(study_uid=ids.study_uid, frame_of_reference_uid=ids.frame_of_reference_uid)
     activity = np.full(PET_GEOMETRY.shape, CONCENTRATION_BQ_ML)
     acquisition = [dose.scan_start] * 3 + [scan_time_after(90)] * 3
@@ -108,6 +111,16 @@ def test_load_study_ct_by_pet_frame_of_reference(tmp_path: Path) -> None:
         "series_instance_uid": study.ct_uid,
         "reason": "shares the PET frame of reference",
     }
+
+
+def test_load_study_pet_on_other_frame_of_reference(tmp_path: Path) -> None:
+    study = write_study(tmp_path, pet_frame_of_reference="1.2.3.88")
+
+    with pytest.raises(StudyError, match="use different frames of reference") as error:
+        load_study([tmp_path])
+
+    assert study.pet_uid in str(error.value)
+    assert study.ct_uid in str(error.value)
 
 
 def test_load_study_decay_none_uses_each_bed_time(tmp_path: Path) -> None:

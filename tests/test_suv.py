@@ -14,6 +14,7 @@ from datetime import datetime
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import EnhancedPETImageStorage
 
 from dicom.suv import SuvResult, compute_suv_factor
 from tests.support.series_factory import Geometry, PetDose, pet_series, scan_time_after
@@ -114,3 +115,13 @@ def test_suv_factor_uses_philips_counts_scale() -> None:
     block.add_new(0x00, "DS", "0.000276")
 
     assert compute_suv_factor(header) == SuvResult(factor=pytest.approx(0.000276))
+
+
+def test_suv_factor_enhanced_pet_not_supported() -> None:
+    header = pet_header(BASE)
+    header.SOPClassUID = EnhancedPETImageStorage
+
+    result = compute_suv_factor(header)
+
+    assert result.factor is None
+    assert result.reason == "SUV of Enhanced PET instances is not supported; send the PET as PET Image Storage"
