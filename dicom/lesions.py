@@ -172,13 +172,14 @@ def _pet_statistics(
     ct: Volume,
     pet: Volume,
     centroid: np.ndarray,
-) -> _PetStatistics:
+) -> _PetStatistics | None:
     """Measure SUV over the PET voxels whose centres fall inside the CT-grid mask."""
     pet_indices = _pet_voxels_in_mask(mask, origin, ct, pet)
     if pet_indices.shape[0] == 0:
-        nearest = np.rint(pet.lps_to_index(centroid[np.newaxis])).astype(int)
-        nearest = np.clip(nearest, 0, np.asarray(pet.array.shape) - 1)
-        pet_indices = nearest
+        pet_indices = np.rint(pet.lps_to_index(centroid[np.newaxis])).astype(int)
+        if np.any(pet_indices < 0) or np.any(pet_indices >= np.asarray(pet.array.shape)):
+            logger.warning("a lesion at %s mm lies outside the PET field of view", _triple(centroid))
+            return None
 
     values = pet.array[pet_indices[:, 0], pet_indices[:, 1], pet_indices[:, 2]]
     hottest = int(np.argmax(values))
@@ -214,17 +215,18 @@ def _pet_voxels_in_mask(
     return grid[hits]
 
 
-def _suv_peak(pet: Volume, lesion_indices: np.ndarray) -> float:
+def _suv_peak(pet: Volume, lesion_indices: np.ndarray, chunk: int = 4096) -> float:
     """Return the largest mean SUV of a 1 ml sphere centred on one of ``lesion_indices``."""
     offsets = sphere_offsets(pet.affine, PEAK_SPHERE_RADIUS_MM)
     shape = np.asarray(pet.array.shape)
     best = -math.inf
-    for centre in lesion_indices:
-        points = centre + offsets
-        inside = np.all((points >= 0) & (points < shape), axis=1)
-        points = points[inside]
-        mean = float(pet.array[points[:, 0], points[:, 1], points[:, 2]].mean())
-        best = max(best, mean)
+    for begin in range(0, lesion_indices.shape[0], chunk):
+        points = lesion_indices[begin : begin + chunk, np.newaxis, :] + offsets[np.newaxis]
+        inside = np.all((points >= 0) & (points < shape), axis=2)
+        clipped = np.clip(points, 0, shape - 1)
+        values = pet.array[clipped[..., 0], clipped[..., 1], clipped[..., 2]]
+        means = np.where(inside, values, 0.0).sum(axis=1) / inside.sum(axis=1)
+        best = max(best, float(means.max()))
     return best
 
 

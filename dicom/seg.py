@@ -1,9 +1,10 @@
 """Segment masks of a DICOM Segmentation placed on a CT or PET grid (PS3.3 A.51, C.8.20).
 
 The SEG is read with highdicom. Each frame belongs to one segment (Segment
-Identification Sequence) and lies either at a Plane Position (Patient) in
-the SEG's frame of reference, or, when the position is absent, on the source
-image it was derived from (Source Image Sequence, by SOP Instance UID).
+Identification Sequence). A frame lies at its Plane Position (Patient) in the
+SEG's frame of reference. A SEG without a frame of reference has no positions,
+so its frames lie on the source images they were derived from (Source Image
+Sequence, by SOP Instance UID).
 
 A segment is placed on a target :class:`~dicom.volume.Volume` by patient
 coordinates: each target voxel centre near the segment is mapped to the
@@ -120,7 +121,7 @@ def segment_masks(seg: Dataset, target: Volume) -> list[SegmentMask]:
     Parameters
     ----------
     seg
-        The Segmentation, read by :func:`read_segmentation`.
+        The Segmentation, as read by :func:`read_segmentation` or pydicom.
     target
         The grid to place the masks on (normally the CT).
 
@@ -138,15 +139,17 @@ def segment_masks(seg: Dataset, target: Volume) -> list[SegmentMask]:
         has neither a position nor a source image of the target series, or
         the SEG type is unknown.
     """
+    seg = read_segmentation(seg)
     seg_uid = str(seg.get("SOPInstanceUID", "?"))
     check_frame_of_reference(seg, target)
+    _check_segmentation_type(seg, seg_uid)
 
     plane = _plane(seg, target)
-    frames = _binary_frames(seg, seg_uid)
     per_frame = seg.get("PerFrameFunctionalGroupsSequence", [])
-    if len(per_frame) != frames.shape[0]:
+    if len(per_frame) != int(seg.get("NumberOfFrames", 1)):
         raise SegmentationError(
-            f"SEG {seg_uid} has {frames.shape[0]} frames but {len(per_frame)} per-frame functional groups"
+            f"SEG {seg_uid} has {seg.get('NumberOfFrames', 1)} frames but {len(per_frame)} "
+            "per-frame functional groups"
         )
     positions = np.stack([_frame_position(item, index, seg_uid, target) for index, item in enumerate(per_frame)])
     labels = segment_labels(seg)
@@ -155,10 +158,7 @@ def segment_masks(seg: Dataset, target: Volume) -> list[SegmentMask]:
     masks = []
     for number, label in labels.items():
         selected = [index for index, segments in enumerate(frame_segments) if number in segments]
-        if seg.SegmentationType == SEGMENTATION_LABELMAP:
-            stack = frames[selected] == number
-        else:
-            stack = frames[selected] > 0
+        stack = _segment_frames(seg, selected, number)
         placed = place_frames(stack, positions[selected], plane, target)
         if placed is None:
             logger.warning(
@@ -304,23 +304,33 @@ def _trim(mask: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, tuple[int, i
     return np.ascontiguousarray(cropped), (int(origin[0]), int(origin[1]), int(origin[2]))
 
 
-def _binary_frames(seg: Dataset, seg_uid: str) -> np.ndarray:
-    """Return the frames as booleans (BINARY, FRACTIONAL) or segment numbers (LABELMAP)."""
+def _check_segmentation_type(seg: Dataset, seg_uid: str) -> None:
     seg_type = str(seg.get("SegmentationType", ""))
-    pixels = seg.pixel_array
-    if pixels.ndim == 2:
-        pixels = pixels[np.newaxis]
-    if seg_type == SEGMENTATION_BINARY:
-        return pixels > 0
-    if seg_type == SEGMENTATION_FRACTIONAL:
-        maximum = float(seg.get("MaximumFractionalValue", 255))
-        return pixels >= FRACTIONAL_THRESHOLD * maximum
-    if seg_type == SEGMENTATION_LABELMAP:
-        return pixels
-    raise SegmentationError(
-        f"SEG {seg_uid} has Segmentation Type {seg_type or '(missing)'}; "
-        "BINARY, FRACTIONAL or LABELMAP is required"
-    )
+    if seg_type not in (SEGMENTATION_BINARY, SEGMENTATION_FRACTIONAL, SEGMENTATION_LABELMAP):
+        raise SegmentationError(
+            f"SEG {seg_uid} has Segmentation Type {seg_type or '(missing)'}; "
+            "BINARY, FRACTIONAL or LABELMAP is required"
+        )
+
+
+def _segment_frames(seg: hd.seg.Segmentation, frame_indices: Sequence[int], number: int) -> np.ndarray:
+    """Decode the frames of one segment as booleans, one frame at a time.
+
+    Decoding only the segment's frames keeps memory at the size of the
+    largest segment instead of the whole SEG.
+    """
+    stack = np.zeros((len(frame_indices), int(seg.Rows), int(seg.Columns)), dtype=bool)
+    seg_type = str(seg.SegmentationType)
+    maximum = float(seg.get("MaximumFractionalValue", 255))
+    for slot, index in enumerate(frame_indices):
+        frame = seg.get_stored_frame(index + 1)
+        if seg_type == SEGMENTATION_LABELMAP:
+            stack[slot] = frame == number
+        elif seg_type == SEGMENTATION_FRACTIONAL:
+            stack[slot] = frame >= FRACTIONAL_THRESHOLD * maximum
+        else:
+            stack[slot] = frame > 0
+    return stack
 
 
 def _frame_segments(seg: Dataset, per_frame: Sequence[Dataset], labels: dict[int, str]) -> list[set[int]]:

@@ -174,7 +174,7 @@ def _choose_seg(series: Sequence[_Series], choices: dict[str, dict[str, str]]) -
 def _choose_pet(series: Sequence[_Series], choices: dict[str, dict[str, str]]) -> _Series | None:
     candidates = [item for item in series if item.modality == MODALITY_PET]
     if not candidates:
-        logger.warning("the study has no PET series; SUV values will be empty")
+        _record(choices, "pet", "", "the study has no PET series, so SUV values are empty")
         return None
     corrected = [item for item in candidates if "ATTN" in _corrected_image(item.first)]
     pool = corrected or candidates

@@ -6,7 +6,11 @@ the image values refer to. Tissue density is taken as 1 g/ml, so SUVbw is
 unitless. The factor returned here multiplies the rescaled pixel values.
 
 When the factor cannot be computed, :class:`SuvResult` carries ``None`` and a
-reason; no default weight, dose or time is ever assumed.
+reason. No default weight, dose or time is assumed.
+
+NOTE: the attributes are read as the PET Image IOD (PS3.3 A.21) places them.
+Enhanced PET instances (PS3.3 A.56) keep corrections and times in other
+modules, which this module does not read, so they get ``None`` with a reason.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from pydicom.dataset import Dataset
+from pydicom.uid import EnhancedPETImageStorage
 from pydicom.valuerep import DA, DT, TM
 
 logger = logging.getLogger(__name__)
@@ -34,6 +39,8 @@ UNITS_COUNTS = "CNTS"
 DECAY_START = "START"
 DECAY_ADMIN = "ADMIN"
 DECAY_NONE = "NONE"
+
+SECONDS_PER_DAY = 86400.0
 
 
 @dataclass(frozen=True)
@@ -73,9 +80,12 @@ def compute_suv_factor(pet: Dataset) -> SuvResult:
 
     The radiopharmaceutical start is Radiopharmaceutical Start DateTime
     (0018,1078) when present, else Radiopharmaceutical Start Time (0018,1072)
-    on the Series Date.
+    on the Series Date, moved to the day before when that puts it after the
+    scan.
     """
     uid = pet.get("SeriesInstanceUID", "?")
+    if pet.get("SOPClassUID") == EnhancedPETImageStorage:
+        return _fail(uid, "SUV of Enhanced PET instances is not supported; send the PET as PET Image Storage")
     corrected = [str(value).upper() for value in _as_list(pet.get("CorrectedImage"))]
     if "ATTN" not in corrected:
         return _fail(uid, "the PET series is not attenuation corrected (CorrectedImage lacks ATTN)")
@@ -115,6 +125,10 @@ def compute_suv_factor(pet: Dataset) -> SuvResult:
     if reference is None:
         return _fail(uid, "the series or acquisition date and time are missing")
     elapsed_s = (reference - injection).total_seconds()
+    if -SECONDS_PER_DAY < elapsed_s < 0 and not info.get("RadiopharmaceuticalStartDateTime"):
+        # Radiopharmaceutical Start Time has no date: an injection before midnight
+        # and a scan after it put the injection on the wrong (series) day.
+        elapsed_s += SECONDS_PER_DAY
     if elapsed_s < 0:
         return _fail(uid, "the radiopharmaceutical start is after the acquisition start")
 

@@ -1,11 +1,10 @@
 """Assemble a CT or PET series into a 3-D :class:`Volume` in LPS patient coordinates.
 
 Classic single-frame series (one instance per slice) and Enhanced multi-frame
-instances (PS3.3 C.7.6.16, Multi-frame Functional Groups) are handled by the
-same code: each frame becomes a :class:`FrameRecord` holding its position,
-orientation, spacing and rescale values, and the records are sorted by their
-position along the slice normal, never by file name, Instance Number or order
-of arrival.
+instances (PS3.3 C.7.6.16, Multi-frame Functional Groups) share one path. Each
+frame becomes a :class:`FrameRecord` with its position, orientation, spacing
+and rescale values. The records are sorted by their position along the slice
+normal, never by file name, Instance Number or order of arrival.
 
 Headers are read without pixel data first. Pixel data is then read one
 instance at a time into a preallocated float32 array, so the peak memory is
@@ -137,7 +136,8 @@ def load_series(
     Raises
     ------
     SeriesError
-        If the instances mix series, orientations or matrix sizes, two frames
+        If the instances mix series, orientations or matrix sizes (localizer
+        images are skipped first), two frames
         share a position, the positions do not lie on a line, or a gap is too
         large.
     """
@@ -146,6 +146,7 @@ def load_series(
     headers = [_as_header(source) for source in sources]
     series_uid = str(headers[0].get("SeriesInstanceUID", ""))
     _check_single_series(headers, series_uid)
+    headers = _without_localizers(headers, series_uid)
 
     records = [record for header in headers for record in frame_records(header)]
     normal = _normal(records[0])
@@ -264,6 +265,24 @@ def _as_header(source: Dataset | str | Path) -> Dataset:
     if isinstance(source, Dataset):
         return source
     return read_header(Path(source))
+
+
+def _without_localizers(headers: Sequence[Dataset], series_uid: str) -> list[Dataset]:
+    """Drop scout images, which some scanners store in the axial series (Image Type value 3 LOCALIZER)."""
+    kept = [header for header in headers if not _is_localizer(header)]
+    if len(kept) < len(headers):
+        logger.info("series %s: skipped %d localizer images", series_uid, len(headers) - len(kept))
+    if not kept:
+        raise SeriesError(f"series {series_uid} contains only localizer images; it is not a volume")
+    return kept
+
+
+def _is_localizer(header: Dataset) -> bool:
+    image_type = header.get("ImageType")
+    if image_type is None or isinstance(image_type, str):
+        return False
+    values = [str(value).upper() for value in image_type]
+    return len(values) > 2 and values[2] == "LOCALIZER"
 
 
 def _has_file(dataset: Dataset) -> bool:
@@ -385,8 +404,12 @@ def _read_pixels(records: Sequence[FrameRecord], series_uid: str) -> np.ndarray:
         pixels = _source_pixels(entries[0][1].source, series_uid)
         for slot, record in entries:
             frame = pixels if record.frame_index is None else pixels[record.frame_index]
-            np.multiply(frame, record.slope, out=array[slot], casting="unsafe")
-            array[slot] += record.intercept
+            target = array[slot]
+            target[...] = frame
+            if record.slope != 1.0:
+                target *= np.float32(record.slope)
+            if record.intercept != 0.0:
+                target += np.float32(record.intercept)
         del pixels
     return array
 

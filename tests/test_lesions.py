@@ -40,7 +40,7 @@ def pet_hot_spot() -> Volume:
 
 
 def test_sphere_offsets_count_on_2mm_grid() -> None:
-    # A 1 ml sphere has radius 6.2035 mm, so on a 2 mm grid it holds the offsets with
+    # A 1 ml sphere has radius 6.2035 mm, so on a 2 mm grid it contains the offsets with
     # dx^2 + dy^2 + dz^2 <= 9.62, that is 123 lattice points.
     assert PEAK_SPHERE_RADIUS_MM == pytest.approx(6.2035, abs=1e-4)
     assert sphere_offsets(np.diag([2.0, 2.0, 2.0, 1.0]), PEAK_SPHERE_RADIUS_MM).shape == (123, 3)
@@ -113,3 +113,29 @@ def test_measure_lesion_without_pet() -> None:
     assert (lesion.suv_max, lesion.suv_mean, lesion.suv_peak) == (None, None, None)
     assert lesion.suv_max_index_mm == pytest.approx((5.0, 5.0, 2.5))
     assert lesion.centroid_mm == pytest.approx((5.0, 5.0, 2.5))
+
+
+def test_measure_lesion_peak_at_volume_corner() -> None:
+    # The sphere around PET voxel (0, 0, 0) is cut to one octant: the offsets with
+    # non-negative components and dx^2 + dy^2 + dz^2 <= 9 are 29 voxels, one of them hot.
+    mask = np.zeros(CT_SHAPE, dtype=bool)
+    mask[0, 0, 0] = True
+    values = np.ones(PET_SHAPE)
+    values[0, 0, 0] = 124.0
+    pet = axial_volume(values, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
+
+    lesion = measure_lesions([whole_segment(mask)], ct_with(mask), pet)[0]
+
+    assert lesion.suv_max == pytest.approx(124.0)
+    assert lesion.suv_peak == pytest.approx((124.0 + 28.0) / 29.0)
+
+
+def test_measure_lesion_outside_pet_field_of_view() -> None:
+    mask = np.zeros(CT_SHAPE, dtype=bool)
+    mask[15, 15, 15] = True
+    pet = axial_volume(np.ones((2, 2, 2)), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
+
+    lesion = measure_lesions([whole_segment(mask)], ct_with(mask), pet)[0]
+
+    assert (lesion.suv_max, lesion.suv_mean, lesion.suv_peak) == (None, None, None)
+    assert lesion.hu_mean == pytest.approx(40.0)

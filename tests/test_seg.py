@@ -6,6 +6,7 @@ import copy
 import io
 import json
 import random
+from dataclasses import replace
 import shutil
 import subprocess
 from pathlib import Path
@@ -73,6 +74,18 @@ def test_segment_masks_binary_overlapping_sparse_shuffled(ct: tuple[list[Dataset
     np.testing.assert_array_equal(full_mask(masks[0], volume.array.shape), first)
     np.testing.assert_array_equal(full_mask(masks[1], volume.array.shape), second)
     assert np.any(first & second)
+
+
+@pytest.mark.parametrize("tilt_degrees", [0.0, 15.0], ids=["axial", "gantry-tilt"])
+def test_segment_masks_round_trip_geometry(tilt_degrees: float) -> None:
+    geometry = replace(CT_GEOMETRY, tilt_degrees=tilt_degrees)
+    instances = ct_series(np.zeros(geometry.shape), geometry)
+    lesion = ball(geometry.shape, (4, 7, 9), 2.5)
+
+    volume = load_series(instances)
+    masks = segment_masks(reread(segmentation(instances, lesion)), volume)
+
+    np.testing.assert_array_equal(full_mask(masks[0], volume.array.shape), lesion)
 
 
 def test_segment_masks_fractional_threshold(ct: tuple[list[Dataset], Volume]) -> None:

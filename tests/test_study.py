@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, replace
@@ -14,6 +15,7 @@ import pytest
 
 from dicom.seg import SegmentationError
 from dicom.study import StudyError, load_study
+from dicom.suv import SuvResult
 from tests.support.series_factory import (
     Geometry,
     PetDose,
@@ -42,7 +44,13 @@ class StudyFolder:
     nac_pet_uid: str
 
 
-def write_study(folder: Path, dose: PetDose = DOSE, seg_frame_of_reference: str | None = None) -> StudyFolder:
+def write_study(
+    folder: Path,
+    dose: PetDose = DOSE,
+    seg_frame_of_reference: str | None = None,
+    seg_references_series: bool = True,
+    pet_frame_of_reference: str | None = None,
+) -> StudyFolder:
     """Write a study with two CTs, an attenuation-corrected and an uncorrected PET, and a SEG."""
     ids = SeriesIds()
     hu = np.full(CT_GEOMETRY.shape, -50.0)
@@ -51,7 +59,9 @@ def write_study(folder: Path, dose: PetDose = DOSE, seg_frame_of_reference: str 
     ct = ct_series(hu, CT_GEOMETRY, ids)
     other_ct = ct_series(hu, CT_GEOMETRY, SeriesIds(study_uid=ids.study_uid))
 
-    pet_ids = SeriesIds(study_uid=ids.study_uid, frame_of_reference_uid=ids.frame_of_reference_uid)
+    pet_ids = SeriesIds(
+        study_uid=ids.study_uid, frame_of_reference_uid=pet_frame_of_reference or ids.frame_of_reference_uid
+    )
     nac_ids = SeriesIds(study_uid=ids.study_uid, frame_of_reference_uid=ids.frame_of_reference_uid)
     activity = np.full(PET_GEOMETRY.shape, CONCENTRATION_BQ_ML)
     acquisition = [dose.scan_start] * 3 + [scan_time_after(90)] * 3
@@ -62,6 +72,8 @@ def write_study(folder: Path, dose: PetDose = DOSE, seg_frame_of_reference: str 
     seg.StudyInstanceUID = ids.study_uid
     if seg_frame_of_reference:
         seg.FrameOfReferenceUID = seg_frame_of_reference
+    if not seg_references_series:
+        del seg.ReferencedSeriesSequence
 
     write_datasets(ct, folder / "a", "ct")
     write_datasets(other_ct, folder / "b", "ct")
@@ -90,6 +102,27 @@ def test_load_study_chooses_series_and_measures(tmp_path: Path) -> None:
     assert main.suv_peak == pytest.approx(1.3817, abs=1e-4)
 
 
+def test_load_study_ct_by_pet_frame_of_reference(tmp_path: Path) -> None:
+    study = write_study(tmp_path, seg_references_series=False)
+
+    inputs = load_study([tmp_path])
+
+    assert inputs.choices["ct"] == {
+        "series_instance_uid": study.ct_uid,
+        "reason": "shares the PET frame of reference",
+    }
+
+
+def test_load_study_pet_on_other_frame_of_reference(tmp_path: Path) -> None:
+    study = write_study(tmp_path, pet_frame_of_reference="1.2.3.88")
+
+    with pytest.raises(StudyError, match="use different frames of reference") as error:
+        load_study([tmp_path])
+
+    assert study.pet_uid in str(error.value)
+    assert study.ct_uid in str(error.value)
+
+
 def test_load_study_decay_none_uses_each_bed_time(tmp_path: Path) -> None:
     write_study(tmp_path, replace(DOSE, decay_correction="NONE"))
 
@@ -102,6 +135,20 @@ def test_load_study_decay_none_uses_each_bed_time(tmp_path: Path) -> None:
     assert float(inputs.pet.array[2].max()) == pytest.approx(1.3817, abs=1e-4)
     assert float(inputs.pet.array[3].min()) == pytest.approx(1.6699, abs=1e-4)
     assert lesion.suv_max == pytest.approx(1.6699, abs=1e-4)
+
+
+def test_load_study_without_pet(tmp_path: Path) -> None:
+    write_study(tmp_path)
+    shutil.rmtree(tmp_path / "c")
+
+    inputs = load_study([tmp_path])
+
+    assert inputs.pet is None
+    assert inputs.pet_series_uid is None
+    assert inputs.suv == SuvResult(factor=None, reason="the study has no PET series")
+    assert inputs.choices["pet"]["reason"] == "the study has no PET series, so SUV values are empty"
+    assert inputs.lesions[0].suv_max is None
+    assert inputs.lesions[0].hu_mean == pytest.approx(35.0)
 
 
 def test_load_study_without_seg(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from datetime import datetime
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import EnhancedPETImageStorage
 
 from dicom.suv import SuvResult, compute_suv_factor
 from tests.support.series_factory import Geometry, PetDose, pet_series, scan_time_after
@@ -39,8 +40,25 @@ BASE = PetDose(scan_start=scan_time_after(60))
         (replace(BASE, decay_correction="ADMIN"), None, 0.9459),
         (replace(BASE, decay_correction="NONE"), scan_time_after(90), 1.6699),
         (replace(BASE, scan_start=scan_time_after(75)), scan_time_after(60), 1.3817),
+        (
+            replace(
+                BASE,
+                injection=datetime(2024, 1, 1, 23, 30),
+                scan_start=datetime(2024, 1, 2, 0, 30),
+                use_start_datetime=False,
+            ),
+            datetime(2024, 1, 2, 0, 30),
+            1.3817,
+        ),
     ],
-    ids=["start-datetime", "start-time-on-series-date", "admin", "none-acquisition", "series-time-rewritten"],
+    ids=[
+        "start-datetime",
+        "start-time-on-series-date",
+        "admin",
+        "none-acquisition",
+        "series-time-rewritten",
+        "injection-before-midnight",
+    ],
 )
 def test_suv_factor_matches_hand_value(dose: PetDose, acquired: datetime | None, expected_suv: float) -> None:
     result = compute_suv_factor(pet_header(dose, acquired))
@@ -97,3 +115,13 @@ def test_suv_factor_uses_philips_counts_scale() -> None:
     block.add_new(0x00, "DS", "0.000276")
 
     assert compute_suv_factor(header) == SuvResult(factor=pytest.approx(0.000276))
+
+
+def test_suv_factor_enhanced_pet_not_supported() -> None:
+    header = pet_header(BASE)
+    header.SOPClassUID = EnhancedPETImageStorage
+
+    result = compute_suv_factor(header)
+
+    assert result.factor is None
+    assert result.reason == "SUV of Enhanced PET instances is not supported; send the PET as PET Image Storage"

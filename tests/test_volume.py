@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom.uid import RLELossless
 
 from dicom.volume import SeriesError, load_series
 from tests.support.series_factory import (
@@ -172,3 +173,30 @@ def test_load_series_rejects_mixed_orientation() -> None:
 
     with pytest.raises(SeriesError, match="mixes image orientations"):
         load_series(instances)
+
+
+def test_load_series_skips_localizer() -> None:
+    values = ramp(GEOMETRY.shape)
+    instances = ct_series(values, GEOMETRY)
+    scout = ct_series(np.zeros((1, 8, 10)), Geometry((1, 8, 10)), SeriesIds(
+        instances[0].StudyInstanceUID, instances[0].SeriesInstanceUID, instances[0].FrameOfReferenceUID
+    ))[0]
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]
+
+    volume = load_series([scout, *instances])
+
+    assert volume.array.shape == GEOMETRY.shape
+    assert scout.SOPInstanceUID not in volume.sop_instance_uids
+
+
+def test_load_series_rle_compressed() -> None:
+    values = ramp(GEOMETRY.shape)
+    instances = ct_series(values, GEOMETRY)
+    for instance in instances:
+        instance.compress(RLELossless)
+
+    volume = load_series(instances)
+
+    assert instances[0].file_meta.TransferSyntaxUID == RLELossless
+    np.testing.assert_array_equal(volume.array, values)

@@ -274,20 +274,29 @@ def segmentation(
     *,
     fractional: bool = False,
     series_uid: str | None = None,
+    labels: Sequence[str] | None = None,
 ) -> hd.seg.Segmentation:
-    """Build a SEG over ``source_images`` with highdicom, one segment per mask.
+    """Build a SEG over ``source_images`` with highdicom.
 
     ``masks`` maps segment labels to ``(slices, rows, columns)`` arrays in the
     sorted order of ``source_images``; boolean for BINARY, float in ``[0, 1]``
-    for FRACTIONAL. Empty frames are omitted (sparse encoding).
+    for FRACTIONAL. A single array is one segment, unless ``labels`` is given:
+    then it is an integer label map whose value ``n`` marks segment ``n``,
+    which keeps memory low for many segments. Empty frames are omitted
+    (sparse encoding).
     """
-    labels = list(masks) if isinstance(masks, dict) else ["Lesion"]
-    arrays = list(masks.values()) if isinstance(masks, dict) else [masks]
-    stacked = np.stack(arrays, axis=-1)
-    if not fractional:
-        stacked = stacked.astype(bool)
+    if isinstance(masks, dict):
+        labels = list(masks)
+        pixel_array = np.stack(list(masks.values()), axis=-1)
+    elif labels is not None:
+        pixel_array = masks
     else:
-        stacked = stacked.astype(np.float32)
+        labels = ["Lesion"]
+        pixel_array = masks[..., np.newaxis]
+    if fractional:
+        pixel_array = pixel_array.astype(np.float32)
+    elif pixel_array.dtype.kind == "f" or pixel_array.ndim == 4:
+        pixel_array = pixel_array.astype(bool)
     descriptions = [
         hd.seg.SegmentDescription(
             segment_number=number,
@@ -300,7 +309,7 @@ def segmentation(
     ]
     return hd.seg.Segmentation(
         source_images=list(source_images),
-        pixel_array=stacked,
+        pixel_array=pixel_array,
         segmentation_type="FRACTIONAL" if fractional else "BINARY",
         segment_descriptions=descriptions,
         series_instance_uid=series_uid or generate_uid(),
