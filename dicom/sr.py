@@ -290,6 +290,20 @@ def laterality_code(laterality: str | None) -> Code | None:
         ) from None
 
 
+def lesion_tracking_uid(seg_sop_instance_uid: str, segment_number: int, component: int) -> str:
+    """Return the Tracking Unique Identifier of one lesion, the same in every analysis.
+
+    The UID is derived from the SEG instance, segment number and connected
+    component, so a re-analysis of the same SEG (a new model, late instances)
+    tracks the same lesions. A new SEG instance starts new tracking UIDs,
+    because its segments need not describe the same lesions.
+    """
+    # generate_uid joins its entropy sources without a separator, so one
+    # string with separators keeps segment 1 component 21 apart from 12 and 1.
+    key = f"hclal-lesion/{seg_sop_instance_uid}/{int(segment_number)}/{int(component)}"
+    return generate_uid(entropy_srcs=[key])
+
+
 def _finding_site(candidate: SiteCandidate) -> hd.sr.FindingSite:
     return hd.sr.FindingSite(anatomic_location=candidate.code, laterality=candidate.laterality)
 

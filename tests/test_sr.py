@@ -22,6 +22,7 @@ from dicom.sr import (
     SrSopClass,
     build_measurement_report,
     laterality_code,
+    lesion_tracking_uid,
     save_report,
 )
 from tests.support.sr_inputs import (
@@ -444,3 +445,13 @@ def test_save_report_writes_part10_file(tmp_path: Path, report: Dataset) -> None
     assert reread.SOPInstanceUID == report.SOPInstanceUID
     assert reread.file_meta.MediaStorageSOPClassUID == Comprehensive3DSRStorage
     assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_tracking_uid_stable_per_lesion() -> None:
+    first = lesion_tracking_uid("1.2.3.4", 2, 1)
+    assert first == lesion_tracking_uid("1.2.3.4", 2, 1)
+    assert first != lesion_tracking_uid("1.2.3.4", 2, 2)
+    assert lesion_tracking_uid("1.2.3.4", 1, 21) != lesion_tracking_uid("1.2.3.4", 12, 1)
+    assert first != lesion_tracking_uid("1.2.3.5", 2, 1)
+    assert len(first) <= 64
+    assert pydicom.uid.UID(first).is_valid
