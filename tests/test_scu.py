@@ -364,6 +364,8 @@ def test_silent_peer_times_out(report: Dataset, tmp_path: Path) -> None:
     finally:
         peer.stop()
     assert result.status is DeliveryStatus.TRANSIENT_FAILURE
+    assert "no association" in result.error
+    # The ACSE timeout (1 s) ended the wait, not the 60 s default.
     assert elapsed < 10.0
 
 
