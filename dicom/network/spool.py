@@ -137,14 +137,6 @@ class Spool:
         _remove_quietly(path)
 
 
-def read_digest(path: Path) -> str | None:
-    """Return the SHA-256 digest of the file at ``path``, or None if it does not exist."""
-    try:
-        return sha256_of(path.read_bytes())
-    except FileNotFoundError:
-        return None
-
-
 def _fsync_folder(folder: Path) -> None:
     # The rename is durable only once the folder entry itself is on disk (POSIX).
     descriptor = os.open(folder, os.O_RDONLY)

@@ -8,7 +8,6 @@ DCMTK binaries by the ``$dcmtk`` banner of ``--version``.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -41,7 +40,3 @@ def require_dcmtk_tool(name: str) -> str:
         pytest.skip(f"DCMTK {name} is not installed (apt-get install dcmtk)")
     return path
 
-
-def have(name: str) -> bool:
-    """Return whether ``name`` is on PATH."""
-    return shutil.which(name) is not None
