@@ -9,9 +9,13 @@ import datetime
 import io
 import ipaddress
 import logging
+import os
+import signal
 import ssl
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +35,7 @@ from dicom.network.scp import (
 )
 from tests.support.dcmtk import require_dcmtk_tool
 from tests.support.dicom_factory import ct_series, write, write_all
-from tests.support.receiver import Receiver, receiver_settings, running_receiver
+from tests.support.receiver import Receiver, free_port, receiver_settings, running_receiver
 from tests.test_spool import file_size_limit
 from worker.db.models import Event, Instance, Series, Study
 
@@ -417,3 +421,52 @@ def test_tls_association_with_test_ca(tmp_path: Path, sqlite_url: str) -> None:
     assert status.Status == STATUS_SUCCESS
     assert count == 1
     assert not without_certificate.is_established
+
+
+def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    environment = {
+        **os.environ,
+        "HCLAL_DATA_DIR": str(tmp_path / "data"),
+        "HCLAL_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.sqlite3'}",
+    }
+    command = [sys.executable, "-m", "worker", "scp", "--host", "127.0.0.1", "--port", str(port), "--ae-title", "CLITEST"]
+    process = subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, text=True)
+    try:
+        ae = scu((Verification, [dicom_uid.ImplicitVRLittleEndian]))
+        deadline = time.monotonic() + 60
+        assoc = ae.associate("127.0.0.1", port, ae_title="CLITEST")
+        while not assoc.is_established and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+            assoc = ae.associate("127.0.0.1", port, ae_title="CLITEST")
+        status = assoc.send_c_echo()
+        assoc.release()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert status.Status == STATUS_SUCCESS
+    assert process.returncode == 0
+    assert f"storage SCP CLITEST listening on 127.0.0.1:{port}" in stderr
+    assert "received SIGTERM, stopping" in stderr
+    assert "storage SCP CLITEST stopped" in stderr
+
+
+def test_cli_reports_port_in_use(tmp_path: Path, sqlite_url: str) -> None:
+    environment = {**os.environ, "HCLAL_DATA_DIR": str(tmp_path / "data"), "HCLAL_DATABASE_URL": sqlite_url}
+    with running_receiver(receiver_settings(tmp_path / "data", sqlite_url)) as receiver:
+        port = receiver.port
+        result = subprocess.run(
+            [sys.executable, "-m", "worker", "scp", "--port", str(port)],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "choose another --port" in result.stderr
