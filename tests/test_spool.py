@@ -153,3 +153,36 @@ def test_failed_commit_removes_file(sqlite_url: str, tmp_path: Path) -> None:
     path = store.spool.path_for(identity.study_instance_uid, identity.series_instance_uid, identity.sop_instance_uid)
     assert not path.exists()
     assert count(engine, Instance) == 0
+
+
+def test_orphan_file_replaced_and_recorded(sqlite_url: str, tmp_path: Path) -> None:
+    engine = get_engine(sqlite_url, auto_migrate=True)
+    store = InstanceStore(engine, Spool(tmp_path / "spool"))
+    ds = ct_series(1)[0]
+    identity = identity_of(ds)
+    orphan = store.spool.path_for(identity.study_instance_uid, identity.series_instance_uid, identity.sop_instance_uid)
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"left over from a crash before the commit")
+
+    result = store.store(encoded(ds), identity, "A")
+
+    assert result.outcome is StoreOutcome.STORED
+    assert orphan.read_bytes() == encoded(ds)
+    assert count(engine, Instance) == 1
+
+
+def test_uid_moved_to_other_series_is_conflict(database_url: str, tmp_path: Path) -> None:
+    engine = get_engine(database_url, auto_migrate=True)
+    store = InstanceStore(engine, Spool(tmp_path / "spool"))
+    ds = ct_series(1)[0]
+    first = store.store(encoded(ds), identity_of(ds), "A")
+    ds.SeriesInstanceUID = "1.2.3.999"
+
+    second = store.store(encoded(ds), identity_of(ds), "A")
+
+    assert second.outcome is StoreOutcome.CONFLICT
+    assert second.path.parent.name == "conflicts"
+    assert first.path.exists()
+    assert list((tmp_path / "spool" / ds.StudyInstanceUID / "1.2.3.999").glob("*.dcm")) == []
+    assert count(engine, Instance) == 1
+    assert count(engine, Series) == 1

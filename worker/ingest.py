@@ -21,14 +21,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from pydicom.dataset import Dataset
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from dicom.network.spool import Spool, SpooledFile, check_uid_path_component, sha256_of
 from worker.db.models import Event, Instance, Series, Study, StudyState, utcnow
-from worker.db.session import session_scope
 
 LOGGER = logging.getLogger(__name__)
 
@@ -146,6 +144,8 @@ class InstanceStore:
         self._is_sqlite = engine.dialect.name == "sqlite"
         # SQLite has one writer at a time; taking turns here avoids busy waits in the driver.
         self._sqlite_write_lock = threading.Lock()
+        # Series Instance UID -> series.id; series rows never change once written.
+        self._series_ids: dict[str, int] = {}
 
     def store(self, data: bytes, identity: InstanceIdentity, calling_ae_title: str | None) -> StoreResult:
         """Store the encoded instance ``data`` (preamble, file meta and data set).
@@ -160,25 +160,45 @@ class InstanceStore:
             If the rows cannot be committed; the new file is removed again.
         """
         digest = sha256_of(data)
+        path = self.spool.path_for(
+            identity.study_instance_uid, identity.series_instance_uid, identity.sop_instance_uid
+        )
         with self._sop_lock(identity.sop_instance_uid):
-            stored_digest = self._stored_digest(identity.sop_instance_uid)
-            if stored_digest == digest:
-                path = self.spool.path_for(
-                    identity.study_instance_uid, identity.series_instance_uid, identity.sop_instance_uid
-                )
-                return StoreResult(StoreOutcome.DUPLICATE, identity, path, digest, True)
-            if stored_digest is not None:
-                return self._keep_conflict(data, identity, calling_ae_title, stored_digest)
+            # A file at the instance's path means it was probably stored before. Checking
+            # the file instead of the database keeps a query off the path of new instances.
+            if path.exists():
+                stored = self._compare_with_stored(data, digest, identity, calling_ae_title, path)
+                if stored is not None:
+                    return stored
 
-            spooled = self.spool.write_instance(
-                data, identity.study_instance_uid, identity.series_instance_uid, identity.sop_instance_uid
-            )
+            spooled = self.spool.write(data, path)
             try:
-                was_receiving = self._write(lambda s: _insert_rows(s, identity, spooled, calling_ae_title))
+                was_receiving = self._write(
+                    lambda connection: self._insert_rows(connection, identity, spooled, calling_ae_title)
+                )
+            except IntegrityError:
+                # The SOP Instance UID is stored under another study or series path.
+                self.spool.remove(spooled.path)
+                stored = self._compare_with_stored(data, digest, identity, calling_ae_title, path)
+                if stored is None:
+                    raise
+                return stored
             except BaseException:
                 self.spool.remove(spooled.path)
                 raise
         return StoreResult(StoreOutcome.STORED, identity, spooled.path, digest, was_receiving)
+
+    def _compare_with_stored(
+        self, data: bytes, digest: str, identity: InstanceIdentity, calling_ae_title: str | None, path: Path
+    ) -> StoreResult | None:
+        """Return the duplicate or conflict result if the SOP Instance UID has a row, else None."""
+        stored_digest = self._stored_digest(identity.sop_instance_uid)
+        if stored_digest is None:
+            # A file without a row is left from a crash between rename and commit.
+            return None
+        if stored_digest == digest:
+            return StoreResult(StoreOutcome.DUPLICATE, identity, path, digest, True)
+        return self._keep_conflict(data, identity, calling_ae_title, stored_digest)
 
     def _keep_conflict(
         self, data: bytes, identity: InstanceIdentity, calling_ae_title: str | None, stored_digest: str
@@ -190,7 +210,7 @@ class InstanceStore:
             calling_ae_title,
             spooled.path.name,
         )
-        event = Event(
+        event = insert(Event).values(
             kind="instance_conflict",
             study_instance_uid=identity.study_instance_uid,
             sop_instance_uid=identity.sop_instance_uid,
@@ -203,7 +223,7 @@ class InstanceStore:
                 "calling_ae_title": calling_ae_title,
             },
         )
-        self._write(lambda session: session.add(event))
+        self._write(lambda connection: connection.execute(event))
         return StoreResult(StoreOutcome.CONFLICT, identity, spooled.path, spooled.sha256, True)
 
     def _stored_digest(self, sop_instance_uid: str) -> str | None:
@@ -212,16 +232,57 @@ class InstanceStore:
                 select(Instance.sha256).where(Instance.sop_instance_uid == sop_instance_uid)
             ).scalar_one_or_none()
 
-    def _write(self, work: Callable[[Session], _T]) -> _T:
-        """Run ``work`` in one committed transaction, taking turns on SQLite."""
+    def _insert_rows(
+        self, connection: Connection, identity: InstanceIdentity, spooled: SpooledFile, calling_ae_title: str | None
+    ) -> bool:
+        """Add the instance row, creating its study and series rows if needed.
+
+        Returns whether the study was still receiving (not yet completed).
+        """
+        now = utcnow()
+        study_id, study_state = _upsert_study(connection, identity, now)
+        series_id = self._series_ids.get(identity.series_instance_uid)
+        if series_id is None:
+            series_id = _upsert_series(connection, study_id, identity)
+        connection.execute(
+            insert(Instance).values(
+                series_id=series_id,
+                sop_instance_uid=identity.sop_instance_uid,
+                sop_class_uid=identity.sop_class_uid,
+                transfer_syntax_uid=identity.transfer_syntax_uid,
+                file_path=str(spooled.path),
+                size_bytes=spooled.size_bytes,
+                sha256=spooled.sha256,
+                calling_ae_title=calling_ae_title,
+                received_at=now,
+            )
+        )
+        self._series_ids[identity.series_instance_uid] = series_id
+        return study_state == StudyState.RECEIVING
+
+    def _write(self, work: Callable[[Connection], _T]) -> _T:
+        """Run ``work`` in one committed transaction, taking turns on SQLite.
+
+        A foreign key error drops the cached series ids (a series row may have
+        been deleted meanwhile) and runs ``work`` once more.
+        """
+        try:
+            return self._write_once(work)
+        except IntegrityError:
+            if not self._series_ids:
+                raise
+            self._series_ids.clear()
+            return self._write_once(work)
+
+    def _write_once(self, work: Callable[[Connection], _T]) -> _T:
         if not self._is_sqlite:
-            with session_scope(self.engine) as session:
-                return work(session)
+            with self.engine.begin() as connection:
+                return work(connection)
 
         for attempt in range(1, SQLITE_LOCKED_RETRIES + 1):
             try:
-                with self._sqlite_write_lock, session_scope(self.engine) as session:
-                    return work(session)
+                with self._sqlite_write_lock, self.engine.begin() as connection:
+                    return work(connection)
             except OperationalError as exc:
                 if "locked" not in str(exc.orig) or attempt == SQLITE_LOCKED_RETRIES:
                     raise
@@ -235,70 +296,50 @@ class InstanceStore:
             yield
 
 
-def _insert_rows(
-    session: Session, identity: InstanceIdentity, spooled: SpooledFile, calling_ae_title: str | None
-) -> bool:
-    """Add the instance row, creating its study and series rows if needed.
+def _insert_ignoring_conflict(connection: Connection, table: type, unique_column: str, values: dict) -> None:
+    dialect = connection.dialect.name
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = dialect_insert(table).values(**values).on_conflict_do_nothing(index_elements=[unique_column])
+    connection.execute(statement)
 
-    Returns whether the study was still receiving (not yet completed).
+
+def _upsert_study(connection: Connection, identity: InstanceIdentity, now: datetime) -> tuple[int, StudyState]:
+    """Return the id and state of the study, inserting its row first if it is new.
+
+    The UPDATE comes first because the study exists for all but its first instance.
     """
-    now = utcnow()
-    study_id, study_state = _upsert_study(session, identity, now)
-    series_id = _upsert_series(session, study_id, identity)
-    session.add(
-        Instance(
-            series_id=series_id,
-            sop_instance_uid=identity.sop_instance_uid,
-            sop_class_uid=identity.sop_class_uid,
-            transfer_syntax_uid=identity.transfer_syntax_uid,
-            file_path=str(spooled.path),
-            size_bytes=spooled.size_bytes,
-            sha256=spooled.sha256,
-            calling_ae_title=calling_ae_title,
-            received_at=now,
-        )
-    )
-    session.flush()
-    return study_state == StudyState.RECEIVING
-
-
-def _insert_ignoring_conflict(session: Session, table: type, unique_column: str, values: dict) -> None:
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(table).values(**values).on_conflict_do_nothing(index_elements=[unique_column])
-    session.execute(statement)
-
-
-def _upsert_study(session: Session, identity: InstanceIdentity, now: datetime) -> tuple[int, StudyState]:
-    _insert_ignoring_conflict(
-        session,
-        Study,
-        "study_instance_uid",
-        {
-            "study_instance_uid": identity.study_instance_uid,
-            "patient_name": identity.patient_name,
-            "patient_id": identity.patient_id,
-            "patient_birth_date": identity.patient_birth_date,
-            "accession_number": identity.accession_number,
-            "study_date": identity.study_date,
-            "study_description": identity.study_description,
-            "state": StudyState.RECEIVING.value,
-            "first_received_at": now,
-            "last_received_at": now,
-        },
-    )
-    row = session.execute(
+    update_study = (
         update(Study)
         .where(Study.study_instance_uid == identity.study_instance_uid)
         .values(last_received_at=now)
         .returning(Study.id, Study.state)
-    ).one()
+    )
+    row = connection.execute(update_study).one_or_none()
+    if row is None:
+        _insert_ignoring_conflict(
+            connection,
+            Study,
+            "study_instance_uid",
+            {
+                "study_instance_uid": identity.study_instance_uid,
+                "patient_name": identity.patient_name,
+                "patient_id": identity.patient_id,
+                "patient_birth_date": identity.patient_birth_date,
+                "accession_number": identity.accession_number,
+                "study_date": identity.study_date,
+                "study_description": identity.study_description,
+                "state": StudyState.RECEIVING.value,
+                "first_received_at": now,
+                "last_received_at": now,
+            },
+        )
+        row = connection.execute(update_study).one()
     return row.id, StudyState(row.state)
 
 
-def _upsert_series(session: Session, study_id: int, identity: InstanceIdentity) -> int:
+def _upsert_series(connection: Connection, study_id: int, identity: InstanceIdentity) -> int:
     _insert_ignoring_conflict(
-        session,
+        connection,
         Series,
         "series_instance_uid",
         {
@@ -310,7 +351,7 @@ def _upsert_series(session: Session, study_id: int, identity: InstanceIdentity) 
             "frame_of_reference_uid": identity.frame_of_reference_uid,
         },
     )
-    return session.execute(
+    return connection.execute(
         select(Series.id).where(Series.series_instance_uid == identity.series_instance_uid)
     ).scalar_one()
 
