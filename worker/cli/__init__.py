@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from worker.cli import admin, db, demo, lesions, phantom, vocab, worker
+from worker.cli import admin, db, demo, lesions, phantom, scp, vocab, worker
 from worker.cli.common import CliState
 
 app = typer.Typer(
@@ -49,6 +49,7 @@ db.register(app)
 demo.register(app)
 lesions.register(app)
 phantom.register(app)
+scp.register(app)
 vocab.register(app)
 worker.register(app)
 

@@ -1,0 +1,155 @@
+"""Atomic file store of received DICOM instances.
+
+Every instance is written as the bytes the peer sent (preamble, File Meta
+Information and the encoded data set, PS3.10 section 7) to a temporary file in
+the spool, flushed to disk and renamed into ``<Study>/<Series>/<SOP>.dcm``, so a
+reader never sees a partial file and a crash leaves at most a ``.part`` file.
+A different data set under an already stored SOP Instance UID goes to
+``conflicts/`` and never replaces the stored file.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+LOGGER = logging.getLogger(__name__)
+
+CONFLICTS_FOLDER = "conflicts"
+PARTIAL_SUFFIX = ".part"
+
+# errno values that mean the file system cannot take more data.
+_NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+class SpoolFullError(OSError):
+    """The spool's file system has no space (or quota) left for an instance."""
+
+
+@dataclass(frozen=True)
+class SpooledFile:
+    """A file written into the spool: where it is, its size and its SHA-256 digest."""
+
+    path: Path
+    size_bytes: int
+    sha256: str
+
+
+def sha256_of(data: bytes) -> str:
+    """Return the hexadecimal SHA-256 digest of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_uid_path_component(uid: str, keyword: str) -> str:
+    """Return ``uid`` if it is safe as a file name, else raise ``ValueError``.
+
+    A UID (PS3.5 section 9.1) has only digits and dots and at most 64 characters,
+    which also keeps a malicious value such as ``../..`` out of the spool paths.
+    """
+    if not uid or len(uid) > 64 or not all(c.isdigit() or c == "." for c in uid):
+        raise ValueError(f"{keyword} {uid!r} is not a valid UID (digits and dots, at most 64)")
+    if uid.startswith(".") or uid.endswith(".") or ".." in uid:
+        raise ValueError(f"{keyword} {uid!r} is not a valid UID (empty component)")
+    return uid
+
+
+class Spool:
+    """Folder of received instances laid out by Study, Series and SOP Instance UID.
+
+    Parameters
+    ----------
+    root
+        The spool folder; created if missing.
+    fsync
+        Flush every file and its folder to disk before the rename is reported
+        done. Only tests and benchmarks of the file system itself switch it off.
+    """
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.fsync = fsync
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
+        """Return the spool path of an instance, checking that each UID is a safe file name."""
+        return (
+            self.root
+            / check_uid_path_component(study_uid, "StudyInstanceUID")
+            / check_uid_path_component(series_uid, "SeriesInstanceUID")
+            / f"{check_uid_path_component(sop_instance_uid, 'SOPInstanceUID')}.dcm"
+        )
+
+    def write(self, data: bytes, destination: Path) -> SpooledFile:
+        """Write ``data`` to ``destination`` atomically, replacing a file already there.
+
+        Raises
+        ------
+        SpoolFullError
+            If the file system is full; nothing is left behind.
+        OSError
+            For any other file system error; nothing is left behind.
+        """
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(
+            dir=destination.parent, prefix=f".{destination.name}.", suffix=PARTIAL_SUFFIX
+        )
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(data)
+                stream.flush()
+                if self.fsync:
+                    os.fsync(stream.fileno())
+            os.replace(temporary, destination)
+        except OSError as exc:
+            _remove_quietly(Path(temporary))
+            if exc.errno in _NO_SPACE_ERRNOS:
+                raise SpoolFullError(exc.errno, f"no space left in the spool {self.root}") from exc
+            raise
+
+        if self.fsync:
+            _fsync_folder(destination.parent)
+        return SpooledFile(destination, len(data), sha256_of(data))
+
+    def write_instance(
+        self, data: bytes, study_uid: str, series_uid: str, sop_instance_uid: str
+    ) -> SpooledFile:
+        """Write one instance to its place in the Study/Series/SOP layout."""
+        return self.write(data, self.path_for(study_uid, series_uid, sop_instance_uid))
+
+    def write_conflict(self, data: bytes, sop_instance_uid: str) -> SpooledFile:
+        """Keep a data set aside that differs from the stored one with the same SOP Instance UID.
+
+        The file is named ``conflicts/<SOP>.<first 16 hex digits of its SHA-256>.dcm``,
+        so each distinct variant is kept once.
+        """
+        digest = sha256_of(data)
+        uid = check_uid_path_component(sop_instance_uid, "SOPInstanceUID")
+        destination = self.root / CONFLICTS_FOLDER / f"{uid}.{digest[:16]}.dcm"
+        return self.write(data, destination)
+
+    def remove(self, path: Path) -> None:
+        """Delete a spooled file, e.g. after its database row could not be committed."""
+        _remove_quietly(path)
+
+
+def _fsync_folder(folder: Path) -> None:
+    # The rename is durable only once the folder entry itself is on disk (POSIX).
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        LOGGER.warning("could not remove spool file %s: %s", path, exc)

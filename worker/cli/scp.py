@@ -1,0 +1,77 @@
+"""``hclal scp``: run the DICOM storage SCP that receives studies from the PACS."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import Annotated, Optional
+
+import typer
+from sqlalchemy.exc import OperationalError
+
+from worker.cli.common import fail, settings_of
+
+LOGGER = logging.getLogger(__name__)
+
+
+def scp_command(
+    ctx: typer.Context,
+    host: Annotated[
+        Optional[str], typer.Option("--host", help="Address to listen on (overrides HCLAL_SCP_HOST).")
+    ] = None,
+    port: Annotated[
+        Optional[int], typer.Option("--port", help="TCP port to listen on (overrides HCLAL_SCP_PORT).")
+    ] = None,
+    ae_title: Annotated[
+        Optional[str], typer.Option("--ae-title", help="AE title of the SCP (overrides HCLAL_AE_TITLE).")
+    ] = None,
+) -> None:
+    """Receive CT, PET and SEG instances by C-STORE and queue each complete study for analysis.
+
+    Runs until SIGTERM or SIGINT, then finishes open associations and exits.
+    """
+    from dicom.network.scp import create_scp  # noqa: PLC0415 - keeps 'hclal --help' fast
+    from worker.completeness import QuietPeriodMonitor  # noqa: PLC0415
+    from worker.db.session import SchemaError  # noqa: PLC0415
+
+    settings = settings_of(ctx, scp_host=host, scp_port=port, ae_title=ae_title)
+    logging.getLogger().setLevel(settings.log_level)
+
+    try:
+        scp = create_scp(settings)
+        resumed = scp.tracker.resume()
+    except SchemaError as exc:
+        fail(str(exc))
+    except OperationalError as exc:
+        fail(f"cannot reach the database: {exc.orig}; check HCLAL_DATABASE_URL")
+    LOGGER.info("resumed %d SEG instances of studies still receiving", resumed)
+
+    try:
+        scp.start()
+    except OSError as exc:
+        fail(
+            f"cannot listen on {settings.scp_host}:{settings.scp_port}: {exc.strerror}; "
+            "choose another --port or stop the program that uses it"
+        )
+    monitor = QuietPeriodMonitor(scp.tracker)
+    monitor.start()
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        LOGGER.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    stop.wait()
+
+    scp.stop(grace_period=settings.network_timeout)
+    monitor.stop()
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``hclal scp`` to ``app``."""
+    app.command("scp")(scp_command)

@@ -1,0 +1,364 @@
+"""Store one received instance: its file in the spool and its study, series and instance rows.
+
+The C-STORE SCP calls :meth:`InstanceStore.store` for every instance and answers
+success only after it returns, so an acknowledged instance is both on disk and
+committed. Concurrent associations may create the same study or series row at
+the same moment; the insert skips an existing row (``ON CONFLICT DO NOTHING``) and
+then reads it, so neither association fails and no duplicate row appears.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TypeVar
+
+from pydicom.dataset import Dataset
+from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from dicom.network.spool import Spool, SpooledFile, check_uid_path_component, sha256_of
+from worker.db.models import Event, Instance, Series, Study, StudyState, utcnow
+
+LOGGER = logging.getLogger(__name__)
+
+# SQLite answers "database is locked" when another process holds the write lock for
+# longer than the busy timeout; the transaction is retried this many times.
+SQLITE_LOCKED_RETRIES = 3
+
+_LOCK_STRIPES = 64
+_T = TypeVar("_T")
+
+
+class StoreOutcome(str, enum.Enum):
+    """What storing one instance changed."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+
+
+@dataclass(frozen=True)
+class InstanceIdentity:
+    """The attributes of a received instance that the worker records.
+
+    Patient name, ID and birth date go to the ``study`` row only and are never logged.
+    """
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    modality: str | None = None
+    series_description: str | None = None
+    series_number: int | None = None
+    frame_of_reference_uid: str | None = None
+    patient_name: str | None = None
+    patient_id: str | None = None
+    patient_birth_date: str | None = None
+    accession_number: str | None = None
+    study_date: str | None = None
+    study_description: str | None = None
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset, transfer_syntax_uid: str) -> InstanceIdentity:
+        """Read the identity of ``dataset``.
+
+        Raises
+        ------
+        ValueError
+            If a Study, Series or SOP Instance UID or the SOP Class UID is missing or
+            is not a valid UID (PS3.5 section 9.1).
+        """
+        uids = {}
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+            value = dataset.get(keyword)
+            if value is None or str(value) == "":
+                raise ValueError(f"{keyword} is missing")
+            uids[keyword] = check_uid_path_component(str(value), keyword)
+
+        series_number = dataset.get("SeriesNumber")
+        return cls(
+            study_instance_uid=uids["StudyInstanceUID"],
+            series_instance_uid=uids["SeriesInstanceUID"],
+            sop_instance_uid=uids["SOPInstanceUID"],
+            sop_class_uid=uids["SOPClassUID"],
+            transfer_syntax_uid=transfer_syntax_uid,
+            modality=_text(dataset, "Modality", 16),
+            series_description=_text(dataset, "SeriesDescription", 64),
+            series_number=int(series_number) if series_number not in (None, "") else None,
+            frame_of_reference_uid=_text(dataset, "FrameOfReferenceUID", 64),
+            patient_name=_text(dataset, "PatientName", 324),
+            patient_id=_text(dataset, "PatientID", 64),
+            patient_birth_date=_text(dataset, "PatientBirthDate", 8),
+            accession_number=_text(dataset, "AccessionNumber", 16),
+            study_date=_text(dataset, "StudyDate", 8),
+            study_description=_text(dataset, "StudyDescription", 64),
+        )
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """The outcome of storing one instance.
+
+    ``study_was_receiving`` is False when the study had already been completed
+    when this instance was committed, which makes the instance a late arrival.
+    """
+
+    outcome: StoreOutcome
+    identity: InstanceIdentity
+    path: Path
+    sha256: str
+    study_was_receiving: bool
+
+
+class InstanceStore:
+    """Spool files and their database rows, written together for each received instance.
+
+    Parameters
+    ----------
+    engine
+        Engine of the worker database, schema at head.
+    spool
+        The spool that holds the files.
+
+    Notes
+    -----
+    Instances with the same SOP Instance UID are serialised by an in-process lock,
+    so one SCP process must own a spool folder.
+    """
+
+    def __init__(self, engine: Engine, spool: Spool) -> None:
+        self.engine = engine
+        self.spool = spool
+        self._sop_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        self._is_sqlite = engine.dialect.name == "sqlite"
+        # SQLite has one writer at a time; taking turns here avoids busy waits in the driver.
+        self._sqlite_write_lock = threading.Lock()
+        # Series Instance UID -> series.id; series rows never change once written.
+        self._series_ids: dict[str, int] = {}
+
+    def store(self, data: bytes, identity: InstanceIdentity, calling_ae_title: str | None) -> StoreResult:
+        """Store the encoded instance ``data`` (preamble, file meta and data set).
+
+        Raises
+        ------
+        dicom.network.spool.SpoolFullError
+            If the spool's file system is full.
+        OSError
+            If the file cannot be written.
+        sqlalchemy.exc.SQLAlchemyError
+            If the rows cannot be committed; the new file is removed again.
+        """
+        digest = sha256_of(data)
+        path = self.spool.path_for(
+            identity.study_instance_uid, identity.series_instance_uid, identity.sop_instance_uid
+        )
+        with self._sop_lock(identity.sop_instance_uid):
+            # A file at the instance's path means it was probably stored before. Checking
+            # the file instead of the database keeps a query off the path of new instances.
+            if path.exists():
+                stored = self._compare_with_stored(data, digest, identity, calling_ae_title, path)
+                if stored is not None:
+                    return stored
+
+            spooled = self.spool.write(data, path)
+            try:
+                was_receiving = self._write(
+                    lambda connection: self._insert_rows(connection, identity, spooled, calling_ae_title)
+                )
+            except IntegrityError:
+                # The SOP Instance UID is stored under another study or series path.
+                self.spool.remove(spooled.path)
+                stored = self._compare_with_stored(data, digest, identity, calling_ae_title, path)
+                if stored is None:
+                    raise
+                return stored
+            except BaseException:
+                self.spool.remove(spooled.path)
+                raise
+        return StoreResult(StoreOutcome.STORED, identity, spooled.path, digest, was_receiving)
+
+    def _compare_with_stored(
+        self, data: bytes, digest: str, identity: InstanceIdentity, calling_ae_title: str | None, path: Path
+    ) -> StoreResult | None:
+        """Return the duplicate or conflict result if the SOP Instance UID has a row, else None."""
+        stored_digest = self._stored_digest(identity.sop_instance_uid)
+        if stored_digest is None:
+            # A file without a row is left from a crash between rename and commit.
+            return None
+        if stored_digest == digest:
+            return StoreResult(StoreOutcome.DUPLICATE, identity, path, digest, True)
+        return self._keep_conflict(data, identity, calling_ae_title, stored_digest)
+
+    def _keep_conflict(
+        self, data: bytes, identity: InstanceIdentity, calling_ae_title: str | None, stored_digest: str
+    ) -> StoreResult:
+        spooled = self.spool.write_conflict(data, identity.sop_instance_uid)
+        LOGGER.warning(
+            "SOP Instance %s from %s differs from the stored copy; kept aside as %s",
+            identity.sop_instance_uid,
+            calling_ae_title,
+            spooled.path.name,
+        )
+        event = insert(Event).values(
+            kind="instance_conflict",
+            study_instance_uid=identity.study_instance_uid,
+            sop_instance_uid=identity.sop_instance_uid,
+            message="a different data set arrived under a stored SOP Instance UID; "
+            "the stored file was kept and the new one set aside",
+            details={
+                "stored_sha256": stored_digest,
+                "received_sha256": spooled.sha256,
+                "conflict_file": str(spooled.path),
+                "calling_ae_title": calling_ae_title,
+            },
+        )
+        self._write(lambda connection: connection.execute(event))
+        return StoreResult(StoreOutcome.CONFLICT, identity, spooled.path, spooled.sha256, True)
+
+    def _stored_digest(self, sop_instance_uid: str) -> str | None:
+        with self.engine.connect() as connection:
+            return connection.execute(
+                select(Instance.sha256).where(Instance.sop_instance_uid == sop_instance_uid)
+            ).scalar_one_or_none()
+
+    def _insert_rows(
+        self, connection: Connection, identity: InstanceIdentity, spooled: SpooledFile, calling_ae_title: str | None
+    ) -> bool:
+        """Add the instance row, creating its study and series rows if needed.
+
+        Returns whether the study was still receiving (not yet completed).
+        """
+        now = utcnow()
+        study_id, study_state = _upsert_study(connection, identity, now)
+        series_id = self._series_ids.get(identity.series_instance_uid)
+        if series_id is None:
+            series_id = _upsert_series(connection, study_id, identity)
+        connection.execute(
+            insert(Instance).values(
+                series_id=series_id,
+                sop_instance_uid=identity.sop_instance_uid,
+                sop_class_uid=identity.sop_class_uid,
+                transfer_syntax_uid=identity.transfer_syntax_uid,
+                file_path=str(spooled.path),
+                size_bytes=spooled.size_bytes,
+                sha256=spooled.sha256,
+                calling_ae_title=calling_ae_title,
+                received_at=now,
+            )
+        )
+        self._series_ids[identity.series_instance_uid] = series_id
+        return study_state == StudyState.RECEIVING
+
+    def _write(self, work: Callable[[Connection], _T]) -> _T:
+        """Run ``work`` in one committed transaction, taking turns on SQLite.
+
+        A foreign key error drops the cached series ids (a series row may have
+        been deleted meanwhile) and runs ``work`` once more.
+        """
+        try:
+            return self._write_once(work)
+        except IntegrityError:
+            if not self._series_ids:
+                raise
+            self._series_ids.clear()
+            return self._write_once(work)
+
+    def _write_once(self, work: Callable[[Connection], _T]) -> _T:
+        if not self._is_sqlite:
+            with self.engine.begin() as connection:
+                return work(connection)
+
+        for attempt in range(1, SQLITE_LOCKED_RETRIES + 1):
+            try:
+                with self._sqlite_write_lock, self.engine.begin() as connection:
+                    return work(connection)
+            except OperationalError as exc:
+                if "locked" not in str(exc.orig) or attempt == SQLITE_LOCKED_RETRIES:
+                    raise
+                LOGGER.warning("SQLite database locked, retrying (attempt %d)", attempt)
+                time.sleep(0.1 * attempt)
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def _sop_lock(self, sop_instance_uid: str) -> Iterator[None]:
+        with self._sop_locks[hash(sop_instance_uid) % _LOCK_STRIPES]:
+            yield
+
+
+def _insert_ignoring_conflict(connection: Connection, table: type, unique_column: str, values: dict) -> None:
+    dialect = connection.dialect.name
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = dialect_insert(table).values(**values).on_conflict_do_nothing(index_elements=[unique_column])
+    connection.execute(statement)
+
+
+def _upsert_study(connection: Connection, identity: InstanceIdentity, now: datetime) -> tuple[int, StudyState]:
+    """Return the id and state of the study, inserting its row first if it is new.
+
+    The UPDATE comes first because the study exists for all but its first instance.
+    """
+    update_study = (
+        update(Study)
+        .where(Study.study_instance_uid == identity.study_instance_uid)
+        .values(last_received_at=now)
+        .returning(Study.id, Study.state)
+    )
+    row = connection.execute(update_study).one_or_none()
+    if row is None:
+        _insert_ignoring_conflict(
+            connection,
+            Study,
+            "study_instance_uid",
+            {
+                "study_instance_uid": identity.study_instance_uid,
+                "patient_name": identity.patient_name,
+                "patient_id": identity.patient_id,
+                "patient_birth_date": identity.patient_birth_date,
+                "accession_number": identity.accession_number,
+                "study_date": identity.study_date,
+                "study_description": identity.study_description,
+                "state": StudyState.RECEIVING.value,
+                "first_received_at": now,
+                "last_received_at": now,
+            },
+        )
+        row = connection.execute(update_study).one()
+    return row.id, StudyState(row.state)
+
+
+def _upsert_series(connection: Connection, study_id: int, identity: InstanceIdentity) -> int:
+    _insert_ignoring_conflict(
+        connection,
+        Series,
+        "series_instance_uid",
+        {
+            "study_id": study_id,
+            "series_instance_uid": identity.series_instance_uid,
+            "modality": identity.modality,
+            "series_description": identity.series_description,
+            "series_number": identity.series_number,
+            "frame_of_reference_uid": identity.frame_of_reference_uid,
+        },
+    )
+    return connection.execute(
+        select(Series.id).where(Series.series_instance_uid == identity.series_instance_uid)
+    ).scalar_one()
+
+
+def _text(dataset: Dataset, keyword: str, max_length: int) -> str | None:
+    value = dataset.get(keyword)
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text[:max_length] or None
