@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from worker.cli import db
+from worker.cli import vocab
 from worker.cli.common import CliState
 
 app = typer.Typer(
@@ -45,6 +46,7 @@ def root(
 
 
 db.register(app)
+vocab.register(app)
 
 
 def main() -> None:
