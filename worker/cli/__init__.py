@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from worker.cli import db
+from worker.cli import evaluate
+from worker.cli import train
 from worker.cli import vocab
 from worker.cli.common import CliState
 
@@ -46,6 +48,8 @@ def root(
 
 
 db.register(app)
+evaluate.register(app)
+train.register(app)
 vocab.register(app)
 
 
