@@ -26,12 +26,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from models.networks.image_encoder import STEM_CHANNELS, ImageEncoder
+
+if TYPE_CHECKING:
+    from models.vocabulary import Vocabulary
+    from models.vocabulary.hclal_import import HclalImport
 
 LOGGER = logging.getLogger(__name__)
 
@@ -437,7 +441,7 @@ class HclalPrompt:
 
 def import_hclal(
     model_dir: Path,
-    prompts: Sequence[HclalPrompt],
+    prompts: Sequence[HclalPrompt] | Mapping[str, Sequence[HclalPrompt]],
     out_dir: Path,
     vocabulary_id: str,
     vocabulary_sha256: str,
@@ -451,9 +455,9 @@ def import_hclal(
     model_dir
         Folder that contains ``params.pth``.
     prompts
-        The locations of this model's level, each with the description sentence the
-        model was trained with and the site id it maps to in our vocabulary (see
-        ``hclal models import-hclal``, which reads the HCL-AL library files).
+        The locations of this model's level, or a mapping from level to locations
+        (see :func:`prompts_from_hclal_import`). Each has the description sentence the
+        model was trained with and the site id it maps to in our vocabulary.
     out_dir
         Output checkpoint folder.
     vocabulary_id, vocabulary_sha256
@@ -470,16 +474,21 @@ def import_hclal(
     """
     params_path = Path(model_dir) / HCLAL_PARAMS_FILE
     params = read_hclal_params(params_path, trust_pickle=trust_pickle)
-    if not prompts:
-        raise CheckpointError("no HCL-AL location maps to a site of our vocabulary; check the library files")
     parts = split_hclal_state(params["state_dict"])
 
     crop_size = tuple(int(v) for v in params["crop_size"])
+    level = infer_level(crop_size, level)  # type: ignore[arg-type]
+    if isinstance(prompts, Mapping):
+        prompts = prompts.get(level, [])
+    if not prompts:
+        raise CheckpointError(
+            f"no {level} HCL-AL location maps to a site of our vocabulary; check the library files"
+        )
     image_weights = parts["image_encoder"]
     channels = int(image_weights["in_block.conv.weight"].shape[1])
     width = image_weights["in_block.conv.weight"].shape[0] / STEM_CHANNELS
     metadata = CheckpointMetadata(
-        level=infer_level(crop_size, level),  # type: ignore[arg-type]
+        level=level,
         crop_size=crop_size,  # type: ignore[arg-type]
         spacing=tuple(float(v) for v in params["spacing"]),  # type: ignore[arg-type]
         site_ids=[prompt.site_id for prompt in prompts],
@@ -526,3 +535,22 @@ def hclal_source_summary(
         "checkpoint_logit_scale": None if logit_scale is None else math.exp(float(logit_scale)),
         "hclal_names": names,
     }
+
+
+def prompts_from_hclal_import(result: HclalImport, vocabulary: Vocabulary) -> dict[str, list[HclalPrompt]]:
+    """Return the matched HCL-AL locations of each level as prompts, in library order.
+
+    A coarse location that matches one of our fine sites is recorded under that site's
+    coarse parent, because the coarse model ranks coarse sites. A location without a
+    description is encoded by its name, with a warning.
+    """
+    prompts: dict[str, list[HclalPrompt]] = {level: [] for level in LEVELS}
+    for entry in result.entries:
+        if entry.site_id is None or entry.level not in prompts:
+            continue
+        site = vocabulary.site(entry.site_id)
+        site_id = site.parent if entry.level == "coarse" and site.level == "fine" and site.parent else site.id
+        if entry.description is None:
+            LOGGER.warning("HCL-AL %s location %r has no description; encoding its name", entry.level, entry.name)
+        prompts[entry.level].append(HclalPrompt(entry.name, entry.description or entry.name, site_id))
+    return prompts

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +72,19 @@ class SitePrediction:
     coarse_topk: list[tuple[str, float]] = field(default_factory=list)
     fine_topk: list[tuple[str, float]] = field(default_factory=list)
     coarse_only: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready fields of ``hclal localize --json`` for this prediction."""
+        return {
+            "site_id": self.site_id,
+            "site_code": self.site.code.as_dict(),
+            "laterality": self.site.laterality,
+            "probability": self.probability,
+            "uncertain": self.uncertain,
+            "coarse_only": self.coarse_only,
+            "coarse_topk": [[site_id, probability] for site_id, probability in self.coarse_topk],
+            "fine_topk": [[site_id, probability] for site_id, probability in self.fine_topk],
+        }
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

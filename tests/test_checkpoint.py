@@ -242,3 +242,72 @@ def test_import_needs_level_for_unknown_crop(tmp_path, published_model):
     torch.save(published_params(published_model, crop_size=[64, 64, 80]), tmp_path / "params.pth")
     with pytest.raises(CheckpointError, match="pass --level coarse or --level fine"):
         import_hclal(tmp_path, PROMPTS, tmp_path / "ours", "v", "0" * 64)
+
+
+def hclal_library_files(tmp_path: Path, vocabulary) -> tuple[Path, Path, list[str]]:
+    """Write a published-style library of two coarse sites and their fine sites, by our names."""
+    coarse_sites = [vocabulary.site("liver"), vocabulary.coarse_sites[0]]
+    library = {"Abdomen": {}, "Head": {}}
+    descriptions: dict[str, str] = {}
+    fine_ids: list[str] = []
+    for region, coarse in zip(("Abdomen", "Head"), coarse_sites, strict=True):
+        children = vocabulary.children(coarse.id)
+        library[region][coarse.name] = [child.name for child in children]
+        descriptions[coarse.name] = coarse.description
+        for child in children:
+            descriptions[child.name] = child.description
+            fine_ids.append(child.id)
+    library_path = tmp_path / "library.json"
+    descriptions_path = tmp_path / "descriptions.json"
+    library_path.write_text(json.dumps(library))
+    descriptions_path.write_text(json.dumps(descriptions))
+    return library_path, descriptions_path, fine_ids
+
+
+@needs_vocabulary
+def test_cli_import_hclal_and_show(tmp_path, published_model):
+    from typer.testing import CliRunner
+
+    from models.vocabulary import default_vocabulary
+    from worker.cli import app
+
+    vocabulary = default_vocabulary()
+    library, descriptions, fine_ids = hclal_library_files(tmp_path, vocabulary)
+    model_dir = tmp_path / "published"
+    model_dir.mkdir()
+    torch.save(published_params(published_model), model_dir / "params.pth")
+    out = tmp_path / "imported"
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["models", "import-hclal", str(model_dir), "--library", str(library),
+                                 "--descriptions", str(descriptions), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"wrote fine checkpoint {out}: {len(fine_ids)} prompts" in result.output
+
+    metadata = read_metadata(out)
+    assert metadata.site_ids == fine_ids
+    assert metadata.prompts[0] == vocabulary.site(fine_ids[0]).description
+    assert metadata.vocabulary_sha256 == vocabulary.vocabulary_hash
+
+    shown = runner.invoke(app, ["models", "show", str(out), "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["site_ids"] == fine_ids
+    table = runner.invoke(app, ["models", "show", str(out)])
+    assert table.exit_code == 0
+    assert "fine model" in table.output
+    assert "(v - 40) / 200, clipped to [-1, 1]" in table.output
+
+
+def test_cli_import_rejects_untrusted_pickle(tmp_path, published_model):
+    from typer.testing import CliRunner
+
+    from models.vocabulary import default_vocabulary
+    from worker.cli import app
+
+    library, descriptions, _ = hclal_library_files(tmp_path, default_vocabulary())
+    torch.save(published_params(published_model, net=NotATensor()), tmp_path / "params.pth")
+    result = CliRunner().invoke(app, ["models", "import-hclal", str(tmp_path), "--library", str(library),
+                                      "--descriptions", str(descriptions), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "--trust-pickle" in result.output
+    assert not (tmp_path / "out").exists()

@@ -10,6 +10,8 @@ import typer
 
 from worker.cli import db
 from worker.cli import evaluate
+from worker.cli import localize
+from worker.cli import models
 from worker.cli import train
 from worker.cli import vocab
 from worker.cli.common import CliState
@@ -49,6 +51,8 @@ def root(
 
 db.register(app)
 evaluate.register(app)
+localize.register(app)
+models.register(app)
 train.register(app)
 vocab.register(app)
 
