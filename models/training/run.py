@@ -7,6 +7,7 @@ every site of the stage's level, so inference needs no text encoder.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -71,13 +72,18 @@ def level_sites(vocabulary: Vocabulary, stage: str) -> list:
     return list(vocabulary.coarse_sites if stage == "coarse" else vocabulary.fine_sites)
 
 
-def minilm_text_features(prompts: Sequence[str], embed_dim: int) -> tuple[torch.Tensor, nn.Module]:
-    """Return the frozen MiniLM features of ``prompts`` and a fresh trainable projection."""
+@functools.lru_cache(maxsize=4)
+def minilm_features(prompts: tuple[str, ...]) -> torch.Tensor:
+    """Return the frozen MiniLM sentence embeddings of ``prompts``, computed once per process."""
     from models.networks.sentence import SentenceEncoder
 
-    encoder = SentenceEncoder(embed_dim)
-    features = encoder.encode_sentences(list(prompts)).cpu()
-    return features, encoder.projection
+    return SentenceEncoder().encode_sentences(list(prompts)).cpu()
+
+
+def minilm_text_features(prompts: Sequence[str], embed_dim: int) -> tuple[torch.Tensor, nn.Module]:
+    """Return the frozen MiniLM features of ``prompts`` and a fresh trainable projection."""
+    features = minilm_features(tuple(prompts))
+    return features, nn.Linear(features.shape[1], embed_dim)
 
 
 def add_coarse_predictions(
