@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from worker.cli import admin, db, demo, lesions, phantom, scp, vocab, worker
+from worker.cli import admin, db, demo, evaluate, lesions, localize, models, phantom, scp, train, vocab, worker
 from worker.cli.common import CliState
 
 app = typer.Typer(
@@ -47,9 +47,13 @@ def root(
 admin.register(app)
 db.register(app)
 demo.register(app)
+evaluate.register(app)
 lesions.register(app)
+localize.register(app)
+models.register(app)
 phantom.register(app)
 scp.register(app)
+train.register(app)
 vocab.register(app)
 worker.register(app)
 

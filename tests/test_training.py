@@ -1,0 +1,326 @@
+"""Training pieces: samplers, the skip-top-N CLIP loss, config files, a short run and resume."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from models.networks.image_encoder import ImageEncoder
+from models.training.augment import CropAugmentation
+from models.training.config import ConfigError, TrainingConfig, load_training_config
+from models.training.distributed import DistributedContext
+from models.training.loss import SkipTopNClipLoss, skip_top_n_cross_entropy
+from models.training.samplers import (
+    CoarseBatchSampler,
+    FineBatchSampler,
+    SampleLabels,
+    region_key,
+)
+from models.training.trainer import ClipTrainingModel, ContrastiveTrainer
+
+REGIONS = ["Head", "Neck", "Chest", "Abdomen", "Pelvis", "Axial skeleton", "Upper limb", "Lower limb"]
+
+
+def synthetic_labels(sites_per_region: int = 6, fines_per_coarse: int = 4, lesions_per_fine: int = 2) -> list[SampleLabels]:
+    """Labels of a made-up vocabulary: 8 regions, each with coarse sites and fine children."""
+    labels = []
+    for region in REGIONS:
+        for coarse_number in range(sites_per_region):
+            coarse = f"{region}/c{coarse_number}"
+            neighbour = f"{region}/c{(coarse_number + 1) % sites_per_region}"
+            for fine_number in range(fines_per_coarse):
+                for _ in range(lesions_per_fine):
+                    labels.append(SampleLabels(coarse, f"{coarse}/f{fine_number}", region, (neighbour,)))
+    return labels
+
+
+# Samplers.
+
+
+def test_coarse_batches_distinct_sites_two_regions():
+    labels = synthetic_labels()
+    sampler = CoarseBatchSampler(labels, batch_size=10, batches_per_epoch=200, seed=3)
+
+    for batch in sampler:
+        sites = [labels[index].coarse_id for index in batch]
+        regions = {labels[index].region for index in batch}
+        assert len(sites) == len(set(sites))
+        assert len(regions) <= 2
+        assert 2 <= len(batch) <= 10
+
+
+def test_coarse_batches_follow_region_weights():
+    labels = synthetic_labels()
+    sampler = CoarseBatchSampler(labels, batch_size=6, batches_per_epoch=3000, seed=1)
+
+    appearances = Counter()
+    for batch in sampler:
+        for region in {labels[index].region for index in batch}:
+            appearances[region] += 1
+
+    # Chest (weight 3) is drawn far more often than either limb (weight 0.5).
+    assert appearances["Chest"] > 2.5 * appearances["Upper limb"]
+    assert appearances["Chest"] > 2.5 * appearances["Lower limb"]
+    assert appearances["Neck"] > 1.4 * appearances["Head"]
+
+
+def test_coarse_batch_capped_by_two_regions():
+    labels = synthetic_labels(sites_per_region=3)
+    sampler = CoarseBatchSampler(labels, batch_size=32, batches_per_epoch=50, seed=0)
+
+    assert max(len(batch) for batch in sampler) == 6
+
+
+def test_coarse_sampler_rejects_unknown_region():
+    labels = [SampleLabels("a", "a1", "Tail"), SampleLabels("b", "b1", "Tail")]
+
+    with pytest.raises(ValueError, match="no sampling weight for body region"):
+        CoarseBatchSampler(labels, batch_size=4)
+
+
+def test_coarse_sampler_same_seed_same_batches():
+    labels = synthetic_labels()
+    first = CoarseBatchSampler(labels, batch_size=8, seed=5)
+    second = CoarseBatchSampler(labels, batch_size=8, seed=5)
+    first.set_epoch(2)
+    second.set_epoch(2)
+
+    assert list(first) == list(second)
+
+
+def test_region_key_normalises_spelling():
+    assert region_key("Axial_Skeleton") == "axial skeleton"
+    assert region_key(" upper-limb ") == "upper limb"
+
+
+def test_fine_batch_composition():
+    labels = synthetic_labels()
+    sampler = FineBatchSampler(labels, batch_size=10, related_fraction=0.8, batches_per_epoch=300, seed=2)
+
+    for batch in sampler:
+        anchor = labels[batch[0]]
+        fines = [labels[index].fine_id for index in batch]
+        related_coarse = {anchor.coarse_id, *anchor.coarse_predictions}
+        related = [index for index in batch[1:] if labels[index].coarse_id in related_coarse]
+
+        assert len(batch) == 10
+        assert len(fines) == len(set(fines))
+        # Anchor plus 7 related fine sites: the true coarse site and the predicted neighbour
+        # hold 8 - 1 = 7 other fine sites, and 80 % of 10 allows anchor + 7.
+        assert len(related) == 7
+        assert all(labels[index].coarse_id not in related_coarse for index in batch[8:])
+
+
+def test_fine_batch_related_share_capped():
+    labels = synthetic_labels(fines_per_coarse=12)
+    sampler = FineBatchSampler(labels, batch_size=10, related_fraction=0.5, batches_per_epoch=100, seed=4)
+
+    for batch in sampler:
+        anchor = labels[batch[0]]
+        related_coarse = {anchor.coarse_id, *anchor.coarse_predictions}
+        related = [index for index in batch if labels[index].coarse_id in related_coarse]
+        assert len(related) == 5
+
+
+def test_fine_batch_without_predictions_uses_true_coarse_site():
+    labels = [SampleLabels(label.coarse_id, label.fine_id, label.region) for label in synthetic_labels()]
+    sampler = FineBatchSampler(labels, batch_size=8, batches_per_epoch=50, seed=9)
+
+    for batch in sampler:
+        anchor = labels[batch[0]]
+        same_parent = [index for index in batch if labels[index].coarse_id == anchor.coarse_id]
+        assert len(same_parent) == 4
+
+
+# Loss.
+
+
+def test_skip_top_n_loss_hand_computed():
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 1.0, 1.0]])
+
+    loss = skip_top_n_cross_entropy(logits, skip_top=1, label_smoothing=0.1)
+
+    # Row 0 drops column 1 and keeps logits (2, 0); targets 0.95 and 0.05.
+    row0 = math.log(math.exp(2) + 1) - (0.95 * 2 + 0.05 * 0)
+    # Row 1 drops column 2 and keeps logits (0, 3).
+    row1 = math.log(1 + math.exp(3)) - (0.05 * 0 + 0.95 * 3)
+    # Row 2 drops one of two equal wrong columns and keeps logits (1, 1).
+    row2 = math.log(2 * math.e) - 1.0
+    assert loss.item() == pytest.approx((row0 + row1 + row2) / 3, abs=1e-6)
+    assert loss.item() == pytest.approx(0.372887, abs=1e-5)
+
+
+def test_skip_top_n_loss_without_skip_matches_torch():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 6)
+
+    ours = skip_top_n_cross_entropy(logits, skip_top=0, label_smoothing=0.1)
+    reference = nn.functional.cross_entropy(logits, torch.arange(6), label_smoothing=0.1)
+
+    assert ours.item() == pytest.approx(reference.item(), abs=1e-6)
+
+
+def test_clip_loss_symmetric_on_orthonormal_embeddings():
+    embeddings = torch.eye(3)
+    loss = SkipTopNClipLoss(skip_top=0, label_smoothing=0.0, logit_scale=1.0)
+
+    # Each row and column: logits (1, 0, 0) with the label on 1.
+    assert loss(embeddings, embeddings).item() == pytest.approx(math.log(1 + 2 / math.e), abs=1e-6)
+
+
+def test_clip_loss_averages_both_directions():
+    images = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    texts = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    loss = SkipTopNClipLoss(skip_top=0, label_smoothing=0.0, logit_scale=2.0)
+
+    logits = 2.0 * images @ texts.T
+    expected = (nn.functional.cross_entropy(logits, torch.arange(3)) + nn.functional.cross_entropy(logits.T, torch.arange(3))) / 2
+    assert loss(images, texts).item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_clip_loss_gradient_skips_hard_negatives():
+    logits = torch.tensor([[0.0, 5.0, 1.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]], requires_grad=True)
+
+    skip_top_n_cross_entropy(logits, skip_top=1, label_smoothing=0.0).backward()
+
+    # Column 1 of row 0 is the hardest negative and is dropped, so it gets no gradient.
+    assert logits.grad[0, 1].item() == 0.0
+    assert logits.grad[0, 2].item() > 0.0
+
+
+# Augmentation.
+
+
+def test_augmentation_ranges():
+    augmentation = CropAugmentation()
+    rng = np.random.default_rng(0)
+
+    scales, rotated = [], 0
+    for _ in range(400):
+        offset, axes = augmentation.draw(rng)
+        scale = np.cbrt(np.linalg.det(axes))
+        rotation = axes / scale
+        angle = np.degrees(np.arccos(np.clip((np.trace(rotation) - 1) / 2, -1, 1)))
+        assert np.all(np.abs(offset) <= 3.0)
+        assert 0.8 <= scale <= 1.2
+        assert angle <= 10.0 + 1e-6
+        scales.append(scale)
+        rotated += angle > 1e-6
+    assert 120 < rotated < 280
+    assert 120 < sum(abs(scale - 1.0) > 1e-9 for scale in scales) < 280
+
+
+# Config files.
+
+
+def test_config_file_loads_assignments(tmp_path: Path):
+    path = tmp_path / "coarse.py"
+    path.write_text("import os\n_base = 10\nstage = 'coarse'\nphantom_seeds = list(range(_base, _base + 3))\nepochs = 7\n")
+
+    config = load_training_config(path, stage="coarse", batch_size=12)
+
+    assert config.phantom_seeds == [10, 11, 12]
+    assert config.epochs == 7
+    assert config.batch_size == 12
+    assert config.crop_size == (96, 96, 128)
+    assert config.skip_top == 2
+
+
+def test_config_file_unknown_setting(tmp_path: Path):
+    path = tmp_path / "fine.py"
+    path.write_text("phantom_seeds = [1]\nlearnig_rate = 0.1\n")
+
+    with pytest.raises(ConfigError, match="unknown setting.*learnig_rate"):
+        load_training_config(path, stage="fine")
+
+
+def test_config_file_wrong_stage(tmp_path: Path):
+    path = tmp_path / "fine.py"
+    path.write_text("stage = 'fine'\nphantom_seeds = [1]\n")
+
+    with pytest.raises(ConfigError, match="is a 'fine' config"):
+        load_training_config(path, stage="coarse")
+
+
+def test_config_requires_data():
+    with pytest.raises(ConfigError, match="set train_csv"):
+        TrainingConfig(stage="fine")
+
+
+# A short training run on crops whose content encodes the site.
+
+
+class BlobCrops(Dataset):
+    """Crops with a bright cube whose position depends on the coarse site, plus noise."""
+
+    def __init__(self, labels: list[SampleLabels], site_ids: list[str], shape: tuple[int, int, int]) -> None:
+        self.labels = labels
+        self.position = {site: divmod(number, 4) for number, site in enumerate(site_ids)}
+        self.shape = shape
+        self.rng = np.random.default_rng(0)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        crop = self.rng.normal(0.0, 0.1, size=(3, *self.shape)).astype(np.float32)
+        row, column = self.position[self.labels[index].coarse_id]
+        crop[:, :, row * 4 : row * 4 + 4, column * 4 : column * 4 + 4] += 1.0
+        return torch.from_numpy(crop)
+
+
+def small_run(tmp_path: Path, epochs: int) -> ContrastiveTrainer:
+    torch.manual_seed(0)
+    labels = synthetic_labels(sites_per_region=2, fines_per_coarse=1, lesions_per_fine=3)
+    site_ids = sorted({label.coarse_id for label in labels})
+    config = TrainingConfig(
+        stage="coarse", output_dir=tmp_path / "run", phantom_seeds=[0], crop_size=(16, 16, 16),
+        width=0.25, epochs=epochs, batch_size=4, batches_per_epoch=6, learning_rate=1e-3,
+        save_every=2, device="cpu",
+    )
+    generator = torch.Generator().manual_seed(1)
+    text_features = torch.randn(len(site_ids), 8, generator=generator)
+    model = ClipTrainingModel(ImageEncoder(config.crop_shape, width=config.width, embed_dim=16), nn.Linear(8, 16))
+    return ContrastiveTrainer(
+        config, BlobCrops(labels, site_ids, config.crop_shape), labels, site_ids, text_features,
+        model, DistributedContext(0, 1, torch.device("cpu")),
+    )
+
+
+def test_short_training_lowers_loss(tmp_path: Path):
+    trainer = small_run(tmp_path, epochs=6)
+
+    history = trainer.train()
+
+    assert len(history.loss) == 6
+    assert history.loss[-1] < 0.8 * history.loss[0]
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    assert (tmp_path / "run" / "accuracy.png").stat().st_size > 1000
+    assert (tmp_path / "run" / "training_state.pt").is_file()
+
+
+def test_training_resumes_from_state(tmp_path: Path):
+    first = small_run(tmp_path, epochs=2)
+    first.train()
+    saved = {name: value.clone() for name, value in first.model.state_dict().items()}
+
+    second = small_run(tmp_path, epochs=3)
+    assert second.load_state()
+    assert second.epoch == 2
+    assert len(second.history.loss) == 2
+    for name, value in second.model.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+    assert second.optimizer.state_dict()["state"]
+
+    second.history.loss.clear()
+    second.load_state()
+    second.train()
+    assert second.epoch == 3
+    assert len(second.history.loss) == 3
