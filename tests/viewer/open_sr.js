@@ -35,7 +35,7 @@ function elapsed(start) {
   return Math.round(Date.now() - start) / 1000;
 }
 
-// OHIF shows an "investigational use" banner and a guided tour on first start.
+// OHIF may show an "investigational use" banner and a guided tour on first start.
 async function dismissPopups(page) {
   for (const name of ['Confirm and hide', 'Skip all']) {
     const button = page.getByRole('button', { name });
@@ -117,9 +117,9 @@ async function sliceLabel(page) {
   return (await page.locator('[data-cy="viewport-overlay-bottom-right"]').first().innerText()).trim();
 }
 
-// Visit each measurement of the SR with the viewport's "next" arrow and record the
-// labels drawn on its slice, until every expected site was seen or the arrow
-// returns to the first measurement.
+// Visit the SR's measurements with the viewport's "next" arrow and record the labels
+// drawn on each slice. Stop when every expected site was seen, or after one visit
+// more than the number of expected sites.
 async function collectMeasurementLabels(page, settings, summary) {
   const visits = [];
   const maxVisits = Math.max(settings.expectedSites.length, 1) + 1;
@@ -136,6 +136,20 @@ async function collectMeasurementLabels(page, settings, summary) {
     await page.waitForTimeout(500);
   }
   return visits;
+}
+
+// The SR badge's tooltip tells whether OHIF can add the SR to its measurement panel.
+async function badgeTooltip(page) {
+  const badge = page.locator('[data-cy="ModalityLoadBadge-default"]').first();
+  if (!(await badge.count())) return null;
+  await badge.hover();
+  const tooltip = page.getByRole('tooltip').first();
+  try {
+    await tooltip.waitFor({ timeout: 3000 });
+  } catch {
+    return null;
+  }
+  return (await tooltip.innerText()).trim();
 }
 
 async function main() {
@@ -205,6 +219,7 @@ async function main() {
       summary.measurements = await collectMeasurementLabels(page, settings, summary);
       summary.timings.srLabelsS = elapsed(srStart);
       summary.ctWithSr = await canvasStatistics(page);
+      summary.srBadgeTooltip = await badgeTooltip(page);
     }
 
     summary.missingSites = missingSites(settings.expectedSites, summary.measurements || []);
