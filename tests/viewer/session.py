@@ -111,7 +111,7 @@ def running_orthanc(folder: Path) -> Iterator[int]:
 
 
 def wait_for_orthanc(port: int, process: subprocess.Popen, log_path: Path) -> None:
-    """Wait until Orthanc answers ``/system``; raise with its log when it exits or hangs."""
+    """Wait until Orthanc responds to ``GET /system``; raise with its log if it exits or hangs."""
     deadline = time.monotonic() + ORTHANC_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -123,7 +123,7 @@ def wait_for_orthanc(port: int, process: subprocess.Popen, log_path: Path) -> No
             return
         except (urllib.error.URLError, ConnectionError):
             time.sleep(0.2)
-    raise TimeoutError(f"Orthanc did not answer on port {port} within {ORTHANC_START_TIMEOUT_S} s")
+    raise TimeoutError(f"Orthanc did not respond on port {port} within {ORTHANC_START_TIMEOUT_S} s")
 
 
 def upload_instances(orthanc_port: int, paths: list[Path]) -> None:
@@ -150,8 +150,19 @@ def run_browser(cache: Path, settings: dict, out: Path) -> int:
     return completed.returncode
 
 
+def check_loopback_only() -> None:
+    """Raise unless the only network interface is loopback, as inside ``unshare -n``."""
+    interfaces = sorted(name for _, name in socket.if_nameindex())
+    if interfaces != ["lo"]:
+        raise RuntimeError(
+            f"network interfaces {interfaces} found; run this inside a loopback-only namespace: "
+            "unshare -n sh -c 'ip link set lo up && exec python -m tests.viewer.session ...'"
+        )
+
+
 def run_session(arguments: argparse.Namespace) -> int:
     """Start the servers, upload, run the browser script and stop everything."""
+    check_loopback_only()
     arguments.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="hclal-viewer-"))
     try:

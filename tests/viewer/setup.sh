@@ -32,6 +32,11 @@ for tool in node npm; do
   command -v "$tool" >/dev/null || { log "$tool is missing; install the Debian packages nodejs and npm"; exit 2; }
 done
 
+if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 18 ]; then
+  log "Node.js $(node --version) is too old; playwright-core $PLAYWRIGHT_VERSION needs Node.js 18 or later"
+  exit 2
+fi
+
 if ! npm view "playwright-core@$PLAYWRIGHT_VERSION" version >/dev/null 2>&1; then
   log "the npm registry ($(npm config get registry)) is unreachable; cannot fetch OHIF"
   exit 3
