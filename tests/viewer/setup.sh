@@ -32,8 +32,8 @@ for tool in node npm; do
   command -v "$tool" >/dev/null || { log "$tool is missing; install the Debian packages nodejs and npm"; exit 2; }
 done
 
-if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 18 ]; then
-  log "Node.js $(node --version) is too old; playwright-core $PLAYWRIGHT_VERSION needs Node.js 18 or later"
+if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
+  log "Node.js $(node --version) is too old; playwright-core $PLAYWRIGHT_VERSION needs Node.js 20 or later"
   exit 2
 fi
 
