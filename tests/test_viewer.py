@@ -6,6 +6,9 @@ and that each lesion's outline is labelled with its Finding Site on its slice.
 Orthanc, the web server and Chromium run in a network namespace with only the
 loopback interface (``unshare -n``). The screenshot is kept as a test artifact in
 ``$HCLAL_TEST_ARTIFACTS/viewer`` (default ``artifacts/viewer`` at the repository root).
+
+A faster test checks the web server alone: OHIF routes, MIME types and the
+DICOMweb proxy to a real Orthanc.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+import urllib.request
+from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -28,8 +33,8 @@ from tests.viewer.fixtures import (
     PhantomStudy,
     write_phantom_study,
 )
-
-pytestmark = [pytest.mark.browser, pytest.mark.orthanc, pytest.mark.slow]
+from tests.viewer.server import LOOPBACK, start_viewer_server
+from tests.viewer.session import free_port, running_orthanc, upload_instances
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 SETUP_SCRIPT = REPOSITORY / "tests" / "viewer" / "setup.sh"
@@ -96,6 +101,47 @@ def run_viewer_session(
     )
 
 
+def fetch(url: str) -> tuple[Message, bytes]:
+    """GET ``url`` and return the response headers and body."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.headers, response.read()
+
+
+@pytest.mark.orthanc
+def test_server_proxies_dicomweb(tmp_path: Path) -> None:
+    study = write_phantom_study(tmp_path / "study")
+    root = tmp_path / "ohif"
+    root.mkdir()
+    (root / "index.html").write_text("<html>OHIF</html>")
+    (root / "decoder.wasm").write_bytes(b"\0asm")
+
+    with running_orthanc(tmp_path / "orthanc") as orthanc_port:
+        upload_instances(orthanc_port, [*study.ct_paths, study.seg_path, study.sr_path])
+        web_port = free_port()
+        server = start_viewer_server(root, web_port, orthanc_port)
+        try:
+            base = f"http://{LOOPBACK}:{web_port}"
+            route_body = fetch(f"{base}/viewer?StudyInstanceUIDs=1.2.3")[1]
+            wasm_headers = fetch(f"{base}/decoder.wasm")[0]
+            studies_headers, studies_body = fetch(f"{base}/dicom-web/studies")
+            series_body = fetch(f"{base}/dicom-web/studies/{study.study_instance_uid}/series")[1]
+        finally:
+            server.shutdown()
+            server.server_close()
+
+    assert route_body == b"<html>OHIF</html>"
+    assert wasm_headers["Content-Type"] == "application/wasm"
+    assert studies_headers["Content-Type"].startswith("application/dicom+json")
+    study_uids = [item["0020000D"]["Value"][0] for item in json.loads(studies_body)]
+    assert study_uids == [study.study_instance_uid]
+    series = json.loads(series_body)
+    modalities = sorted(item["00080060"]["Value"][0] for item in series)
+    assert modalities == ["CT", "SEG", "SR"]
+
+
+@pytest.mark.browser
+@pytest.mark.orthanc
+@pytest.mark.slow
 def test_ohif_labels_finding_sites(
     viewer_cache: Path, tmp_path: Path, artifacts_dir: Path
 ) -> None:

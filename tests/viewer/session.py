@@ -89,6 +89,7 @@ def running_orthanc(folder: Path) -> Iterator[int]:
                 f"{required} is missing; install the Debian packages orthanc and orthanc-dicomweb"
             )
 
+    folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = write_orthanc_config(folder, port)
     log_path = folder / "orthanc.log"
