@@ -1,13 +1,19 @@
-"""A small CT study with a SEG and a TID 1500 SR for the viewer test.
+"""A small CT study with a SEG and two SRs for the viewer test.
 
 The CT is a water cylinder with two spherical lesions. The SEG has one segment per
-lesion. The SR is a TID 1500 Measurement Report with one TID 1410 planar group per
-lesion: a closed 2-D POLYLINE (SCOORD) around the lesion on its centre CT slice,
-a Finding Site code and the outline's area.
+lesion. Both SRs are TID 1500 Measurement Reports built from the phantom's true
+lesion masks, each lesion at its true Finding Site:
+
+- the worker's report, from ``dicom.sr.build_measurement_report``: per lesion a
+  volumetric group (volume, SUVs, site probabilities) and a planar group that share
+  the Tracking Unique Identifier;
+- an outline-only report: a copy of the worker's report with only the planar groups
+  (TID 1410), each holding one lesion's outline, its area and its Finding Site.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,29 +25,42 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from dicom.sr import (
+    AlgorithmInfo,
+    LesionFinding,
+    ReportInputs,
+    SiteCandidate,
+    build_measurement_report,
+)
+from tests.support.sr_inputs import SyntheticLesion
+
 ROWS = COLUMNS = 96
 SLICES = 12
 PIXEL_SPACING_MM = 2.0
 SLICE_THICKNESS_MM = 3.0
-OUTLINE_POINTS = 24
-SR_SERIES_NUMBER = 3
 MANUFACTURER = "HCL-AL test"
 
 
 @dataclass(frozen=True)
 class PhantomLesion:
-    """A spherical lesion: centre voxel ``(slice, row, column)``, radius in voxels, site."""
+    """A spherical lesion: centre voxel ``(slice, row, column)``, radius in voxels, site, SUVmax."""
 
     label: str
     centre: tuple[int, int, int]
     radius: int
     finding_site: Code
+    suv_max: float
 
 
 LESIONS = (
-    PhantomLesion("lesion 1", (5, 40, 34), 6, codes.SCT.Liver),
-    PhantomLesion("lesion 2", (7, 52, 64), 5, codes.SCT.Spleen),
+    PhantomLesion("lesion 1", (5, 40, 34), 6, codes.SCT.Liver, 7.5),
+    PhantomLesion("lesion 2", (7, 52, 64), 5, codes.SCT.Spleen, 4.0),
 )
+SITE_PROBABILITY = 0.9
+# The next most likely sites of every lesion, written as the report's alternatives.
+ALTERNATIVE_SITES = ((codes.SCT.Kidney, 0.05), (codes.SCT.Stomach, 0.03))
+WORKER_SR_SERIES_NUMBER = 9001
+OUTLINE_SR_SERIES_NUMBER = 9002
 
 
 @dataclass(frozen=True)
@@ -51,12 +70,18 @@ class PhantomStudy:
     study_instance_uid: str
     ct_paths: list[Path]
     seg_path: Path
-    sr_path: Path
+    worker_sr_path: Path
+    outline_sr_path: Path
     lesions: tuple[PhantomLesion, ...]
+
+    @property
+    def paths(self) -> list[Path]:
+        """Every file of the study."""
+        return [*self.ct_paths, self.seg_path, self.worker_sr_path, self.outline_sr_path]
 
 
 def write_phantom_study(folder: Path) -> PhantomStudy:
-    """Write the CT series, its SEG and its SR under ``folder``.
+    """Write the CT series, its SEG and both SRs under ``folder``.
 
     Parameters
     ----------
@@ -82,15 +107,19 @@ def write_phantom_study(folder: Path) -> PhantomStudy:
     seg_path = folder / "seg.dcm"
     seg.save_as(seg_path)
 
-    sr = build_planar_sr(ct_datasets)
-    sr_path = folder / "sr.dcm"
-    sr.save_as(sr_path)
+    worker_report = build_worker_report(ct_datasets, seg)
+    worker_sr_path = folder / "sr-worker.dcm"
+    worker_report.save_as(worker_sr_path)
+    outline_sr_path = folder / "sr-outlines.dcm"
+    build_outline_report(worker_report).save_as(outline_sr_path)
 
-    return PhantomStudy(study_instance_uid, ct_paths, seg_path, sr_path, LESIONS)
+    return PhantomStudy(
+        study_instance_uid, ct_paths, seg_path, worker_sr_path, outline_sr_path, LESIONS
+    )
 
 
 def build_ct_series(study_instance_uid: str) -> list[Dataset]:
-    """Build an axial CT series of a water cylinder (0 HU) holding the lesions (60 HU)."""
+    """Build an axial CT series of a water cylinder (0 HU) containing the lesions (60 HU)."""
     series_instance_uid = generate_uid()
     frame_of_reference_uid = generate_uid()
     volume = phantom_hounsfield_units()
@@ -185,18 +214,6 @@ def lesion_mask(
     return distance_sq <= lesion.radius**2
 
 
-def new_series_attributes(series_number: int, description: str) -> dict:
-    """Return the highdicom keyword arguments of a new one-instance series."""
-    return {
-        "series_instance_uid": generate_uid(),
-        "series_number": series_number,
-        "sop_instance_uid": generate_uid(),
-        "instance_number": 1,
-        "manufacturer": MANUFACTURER,
-        "series_description": description,
-    }
-
-
 def build_seg(ct_datasets: list[Dataset]) -> hd.seg.Segmentation:
     """Build a binary SEG with one segment per lesion on the CT grid."""
     slices, rows, columns = np.mgrid[0:SLICES, 0:ROWS, 0:COLUMNS]
@@ -226,73 +243,101 @@ def build_seg(ct_datasets: list[Dataset]) -> hd.seg.Segmentation:
         manufacturer_model_name="viewer phantom",
         software_versions="1",
         device_serial_number="1",
-        **new_series_attributes(2, "Phantom lesions"),
+        series_instance_uid=generate_uid(),
+        series_number=2,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        series_description="Phantom lesions",
     )
 
 
-def build_planar_sr(ct_datasets: list[Dataset]) -> hd.sr.Comprehensive3DSR:
-    """Build a TID 1500 report with one TID 1410 planar group per lesion."""
-    groups = [planar_group(lesion, ct_datasets) for lesion in LESIONS]
-
-    observation_context = hd.sr.ObservationContext(
-        observer_person_context=None,
-        observer_device_context=hd.sr.ObserverContext(
-            observer_type=codes.DCM.Device,
-            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-                uid=generate_uid(), name="viewer phantom"
-            ),
-        ),
-    )
-    report = hd.sr.MeasurementReport(
-        observation_context=observation_context,
-        procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
-        imaging_measurements=groups,
-    )
-    return hd.sr.Comprehensive3DSR(
-        evidence=ct_datasets,
-        content=report,
-        is_complete=True,
-        **new_series_attributes(SR_SERIES_NUMBER, "Phantom lesion sites"),
-    )
+def ct_affine(ct_datasets: list[Dataset]) -> np.ndarray:
+    """Return the index-to-LPS matrix of the phantom CT, columns (slice, row, column) steps."""
+    affine = np.eye(4)
+    affine[:3, 0] = (0.0, 0.0, SLICE_THICKNESS_MM)
+    affine[:3, 1] = (0.0, PIXEL_SPACING_MM, 0.0)
+    affine[:3, 2] = (PIXEL_SPACING_MM, 0.0, 0.0)
+    affine[:3, 3] = [float(value) for value in ct_datasets[0].ImagePositionPatient]
+    return affine
 
 
-def planar_group(
-    lesion: PhantomLesion, ct_datasets: list[Dataset]
-) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """Outline ``lesion`` on its centre slice as a closed POLYLINE with its Finding Site."""
-    centre_slice, centre_row, centre_column = lesion.centre
-    source = ct_datasets[centre_slice]
-    angles = np.linspace(0.0, 2.0 * np.pi, OUTLINE_POINTS, endpoint=False)
+def lesion_volume_ml(lesion: PhantomLesion) -> float:
+    """Return the lesion's volume: its voxel count times the voxel volume."""
+    slices, rows, columns = np.mgrid[0:SLICES, 0:ROWS, 0:COLUMNS]
+    voxels = int(lesion_mask(lesion, slices, rows, columns).sum())
+    return voxels * PIXEL_SPACING_MM**2 * SLICE_THICKNESS_MM / 1000.0
 
-    # SCOORD points are (column, row) in image pixels, PS3.3 C.18.6.1.1; the outline
-    # is closed by repeating the first point (PS3.3 C.18.6.1.2, POLYLINE).
-    columns = centre_column + 0.5 + lesion.radius * np.cos(angles)
-    rows = centre_row + 0.5 + lesion.radius * np.sin(angles)
-    outline = np.column_stack([columns, rows])
-    outline = np.vstack([outline, outline[:1]])
-    area_mm2 = polygon_area(outline) * PIXEL_SPACING_MM**2
 
-    region = hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-        graphic_data=outline,
-        source_image=hd.sr.SourceImageForRegion(
-            referenced_sop_class_uid=source.SOPClassUID,
-            referenced_sop_instance_uid=source.SOPInstanceUID,
-        ),
-    )
-    area = hd.sr.Measurement(
-        name=codes.SCT.Area, value=round(area_mm2, 1), unit=codes.UCUM.SquareMillimeter
-    )
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=lesion.label),
-        referenced_region=region,
-        finding_type=codes.SCT.Lesion,
-        finding_sites=[hd.sr.FindingSite(anatomic_location=lesion.finding_site)],
-        measurements=[area],
+def lesion_measurement(
+    number: int, lesion: PhantomLesion, affine: np.ndarray
+) -> SyntheticLesion:
+    """Return the lesion's measurements as the lesion stage would; SUVmean and peak are made up."""
+    slices, rows, columns = np.mgrid[0:SLICES, 0:ROWS, 0:COLUMNS]
+    centre_mm = affine @ np.array([*lesion.centre, 1.0])
+    return SyntheticLesion(
+        segment_number=number,
+        component=1,
+        centroid_mm=tuple(float(value) for value in centre_mm[:3]),
+        volume_ml=lesion_volume_ml(lesion),
+        suv_max=lesion.suv_max,
+        suv_mean=lesion.suv_max * 0.6,
+        suv_peak=lesion.suv_max * 0.8,
+        mask=lesion_mask(lesion, slices, rows, columns),
+        mask_origin=(0, 0, 0),
     )
 
 
-def polygon_area(points: np.ndarray) -> float:
-    """Return the area of a closed polygon given as ``(N, 2)`` points (shoelace formula)."""
-    x, y = points[:, 0], points[:, 1]
-    return float(abs(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])) / 2.0)
+def build_worker_report(ct_datasets: list[Dataset], seg: Dataset) -> Dataset:
+    """Build the worker's SR for the phantom with ``dicom.sr``, each lesion at its true site."""
+    affine = ct_affine(ct_datasets)
+    alternatives = [SiteCandidate(code, probability) for code, probability in ALTERNATIVE_SITES]
+    findings = [
+        LesionFinding(
+            lesion=lesion_measurement(number, lesion, affine),
+            tracking_uid=generate_uid(),
+            site=SiteCandidate(lesion.finding_site, SITE_PROBABILITY),
+            alternatives=alternatives,
+        )
+        for number, lesion in enumerate(LESIONS, start=1)
+    ]
+
+    algorithm = AlgorithmInfo(
+        name="HCL-AL",
+        version="viewer-test",
+        checkpoint_hashes=["coarse sha256:0", "fine sha256:0"],
+        device_uid=generate_uid(),
+    )
+    inputs = ReportInputs(
+        ct_images=ct_datasets,
+        ct_affine=affine,
+        seg=seg,
+        findings=findings,
+        algorithm=algorithm,
+        series_number=WORKER_SR_SERIES_NUMBER,
+    )
+    return build_measurement_report(inputs)
+
+
+def build_outline_report(worker_report: Dataset) -> Dataset:
+    """Copy the worker's report as a new SR that keeps only the planar groups (TID 1410).
+
+    Each planar group then holds one lesion's outline, its area and its Finding Site,
+    and no other group shares its Tracking Unique Identifier.
+    """
+    report = copy.deepcopy(worker_report)
+    for container in report.ContentSequence:
+        if container.ConceptNameCodeSequence[0].CodeMeaning != "Imaging Measurements":
+            continue
+        container.ContentSequence = [
+            group
+            for group in container.ContentSequence
+            if any(item.ValueType == "SCOORD" for item in group.ContentSequence)
+        ]
+
+    report.SeriesInstanceUID = generate_uid()
+    report.SOPInstanceUID = generate_uid()
+    report.file_meta.MediaStorageSOPInstanceUID = report.SOPInstanceUID
+    report.SeriesNumber = OUTLINE_SR_SERIES_NUMBER
+    report.SeriesDescription = "HCL-AL lesion outlines"
+    return report

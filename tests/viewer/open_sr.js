@@ -1,11 +1,12 @@
-// Open a study in OHIF Viewer 3.13, load its SR series into the viewport and
+// Open a study in OHIF Viewer 3.13, load each given SR series into the viewport and
 // record what the viewer draws: overlay texts per slice, whether the CT rendered,
 // console warnings and every request that was not to 127.0.0.1.
 //
 // Usage: node open_sr.js SETTINGS.json   (NODE_PATH must contain playwright-core)
-// SETTINGS: baseUrl, studyInstanceUid, srSeriesNumber, expectedSites, outDir, userDataDir.
-// Writes outDir/summary.json and outDir/ohif-findings.png. Exit status 0 when
-// every expected site was drawn and the CT rendered, 1 otherwise, 2 on an error.
+// SETTINGS: baseUrl, studyInstanceUid, srSeriesNumbers, expectedSites, outDir, userDataDir.
+// Writes outDir/summary.json and outDir/ohif-sr-<SeriesNumber>.png per SR. Exit
+// status 0 when the CT rendered and every SR showed every expected site, 1
+// otherwise, 2 on an error (then outDir/failure.png shows the page).
 'use strict';
 
 const fs = require('fs');
@@ -49,7 +50,10 @@ async function dismissPopups(page) {
 async function overlayTexts(page) {
   return page.locator(OVERLAY_TEXT).evaluateAll(elements =>
     elements.map(element => {
-      const lines = [...element.querySelectorAll('tspan')].map(tspan => tspan.textContent);
+      // After a longer label, OHIF can leave empty tspans in the reused text element.
+      const lines = [...element.querySelectorAll('tspan')]
+        .map(tspan => tspan.textContent)
+        .filter(line => line.trim());
       return lines.length ? lines.join('\n') : element.textContent;
     }),
   );
@@ -94,13 +98,13 @@ async function redrawBySliceScroll(page) {
 
 // Wait up to LABEL_WAIT_MS for overlay labels; then apply the redraw workaround
 // (at most twice) and wait again.
-async function waitForLabels(page, summary) {
+async function waitForLabels(page, report) {
   for (let attempt = 0; attempt < 3; attempt += 1) {
     try {
       await page.waitForSelector(OVERLAY_TEXT, { timeout: LABEL_WAIT_MS });
       return overlayTexts(page);
     } catch {
-      summary.redraws += 1;
+      report.redraws += 1;
       await redrawBySliceScroll(page);
     }
   }
@@ -113,32 +117,43 @@ function missingSites(expectedSites, visits) {
   return expectedSites.filter(site => !lines.has(`${FINDING_SITE_CONCEPT}: ${site}`));
 }
 
+// The instance label at the viewport's bottom right, "I:6 (7/12)"; empty when absent.
 async function sliceLabel(page) {
-  return (await page.locator('[data-cy="viewport-overlay-bottom-right"]').first().innerText()).trim();
+  const overlay = page.locator('[data-cy="viewport-overlay-bottom-right"]').first();
+  try {
+    return (await overlay.innerText({ timeout: 5000 })).trim();
+  } catch {
+    return '';
+  }
 }
 
 // Visit the SR's measurements with the viewport's "next" arrow and record the labels
 // drawn on each slice. Stop when every expected site was seen, or after one visit
 // more than the number of expected sites.
-async function collectMeasurementLabels(page, settings, summary) {
+async function collectMeasurementLabels(page, expectedSites, report, screenshotPath) {
   const visits = [];
-  const maxVisits = Math.max(settings.expectedSites.length, 1) + 1;
+  const maxVisits = Math.max(expectedSites.length, 1) + 1;
   for (let visit = 0; visit < maxVisits; visit += 1) {
-    const texts = await waitForLabels(page, summary);
+    const texts = await waitForLabels(page, report);
     visits.push({ slice: await sliceLabel(page), texts });
-    if (visit === 0) {
-      await page.screenshot({ path: path.join(settings.outDir, 'ohif-findings.png') });
+    if (visit === 0) await page.screenshot({ path: screenshotPath });
+
+    if (missingSites(expectedSites, visits).length === 0) break;
+
+    try {
+      await page.locator('[data-cy="viewport-action-arrows-right"]').first().click({
+        timeout: 5000,
+      });
+    } catch {
+      report.navigationFailed = true;
+      break;
     }
-
-    if (missingSites(settings.expectedSites, visits).length === 0) break;
-
-    await page.locator('[data-cy="viewport-action-arrows-right"]').first().click();
     await page.waitForTimeout(500);
   }
   return visits;
 }
 
-// The SR badge's tooltip tells whether OHIF can add the SR to its measurement panel.
+// The SR badge's tooltip shows whether OHIF can add the SR to its measurement panel.
 async function badgeTooltip(page) {
   const badge = page.locator('[data-cy="ModalityLoadBadge-default"]').first();
   if (!(await badge.count())) return null;
@@ -152,18 +167,42 @@ async function badgeTooltip(page) {
   return (await tooltip.innerText()).trim();
 }
 
+// Load one SR series into the viewport and read the labels of its measurements.
+async function inspectReport(page, seriesNumber, settings) {
+  const report = { seriesNumber, redraws: 0, navigationFailed: false };
+  const thumbnail = page.locator(THUMBNAIL).filter({
+    hasText: new RegExp(`S:\\s*${seriesNumber}(\\D|$)`),
+  });
+  report.thumbnailFound = (await thumbnail.count()) > 0;
+  if (!report.thumbnailFound) {
+    report.missingSites = settings.expectedSites;
+    return report;
+  }
+
+  const start = Date.now();
+  await thumbnail.first().dblclick();
+  await dismissPopups(page);
+  const screenshotPath = path.join(settings.outDir, `ohif-sr-${seriesNumber}.png`);
+  report.measurements = await collectMeasurementLabels(
+    page, settings.expectedSites, report, screenshotPath,
+  );
+  report.labelsS = elapsed(start);
+  report.missingSites = missingSites(settings.expectedSites, report.measurements);
+  report.badgeTooltip = await badgeTooltip(page);
+  return report;
+}
+
 async function main() {
   const settings = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
   const start = Date.now();
   const summary = {
     studyInstanceUid: settings.studyInstanceUid,
-    srSeriesNumber: settings.srSeriesNumber,
     expectedSites: settings.expectedSites,
     blockedRequests: [],
     consoleWarnings: [],
     pageErrors: [],
     timings: {},
-    redraws: 0,
+    reports: [],
   };
 
   const context = await chromium.launchPersistentContext(settings.userDataDir, {
@@ -172,6 +211,7 @@ async function main() {
     args: CHROMIUM_ARGS,
     viewport: { width: 1200, height: 800 },
   });
+  let page = null;
   try {
     await context.route('**/*', route => {
       const url = new URL(route.request().url());
@@ -182,7 +222,7 @@ async function main() {
       return route.abort('blockedbyclient');
     });
 
-    const page = context.pages()[0] || (await context.newPage());
+    page = context.pages()[0] || (await context.newPage());
     page.on('console', message => {
       if (['warning', 'error'].includes(message.type())) {
         summary.consoleWarnings.push(`${message.type()}: ${message.text()}`.slice(0, 500));
@@ -207,30 +247,21 @@ async function main() {
     summary.thumbnails = await page.locator(THUMBNAIL).allInnerTexts();
     summary.ct = await canvasStatistics(page);
 
-    // Load the SR series into the viewport and read the labels of its measurements.
-    const srThumbnail = page.locator(THUMBNAIL).filter({
-      hasText: new RegExp(`S:\\s*${settings.srSeriesNumber}(\\D|$)`),
-    });
-    summary.srThumbnailFound = (await srThumbnail.count()) > 0;
-    if (summary.srThumbnailFound) {
-      const srStart = Date.now();
-      await srThumbnail.first().dblclick();
-      await dismissPopups(page);
-      summary.measurements = await collectMeasurementLabels(page, settings, summary);
-      summary.timings.srLabelsS = elapsed(srStart);
-      summary.ctWithSr = await canvasStatistics(page);
-      summary.srBadgeTooltip = await badgeTooltip(page);
+    for (const seriesNumber of settings.srSeriesNumbers) {
+      summary.reports.push(await inspectReport(page, seriesNumber, settings));
     }
 
-    summary.missingSites = missingSites(settings.expectedSites, summary.measurements || []);
     summary.timings.totalS = elapsed(start);
     summary.passed =
-      summary.srThumbnailFound &&
-      summary.missingSites.length === 0 &&
       summary.ct.found &&
       summary.ct.greyLevels > 8 &&
-      summary.blockedRequests.length === 0;
+      summary.blockedRequests.length === 0 &&
+      summary.reports.every(report => report.thumbnailFound && report.missingSites.length === 0);
     return summary.passed ? 0 : 1;
+  } catch (error) {
+    summary.error = String(error).slice(0, 2000);
+    if (page) await page.screenshot({ path: path.join(settings.outDir, 'failure.png') });
+    throw error;
   } finally {
     fs.writeFileSync(path.join(settings.outDir, 'summary.json'), JSON.stringify(summary, null, 2));
     await context.close();

@@ -5,14 +5,14 @@ nothing it starts can reach another host::
 
     unshare -n sh -c 'ip link set lo up && exec python -m tests.viewer.session \\
         --cache "$(tests/viewer/setup.sh)" --out artifacts/viewer \\
-        --study-uid 1.2.3 --sr-series-number 3 --expect-site Liver --expect-site Spleen \\
+        --study-uid 1.2.3 --sr-series-number 9001 --expect-site Liver --expect-site Spleen \\
         files/*.dcm'
 
 It starts Orthanc with its DICOMweb plugin on a fresh database, uploads the files
 with ``POST /instances``, serves OHIF with a DICOMweb proxy, runs ``open_sr.js`` in
 Node with playwright-core, and stops everything it started by PID. The browser
-script writes ``summary.json`` and ``ohif-findings.png`` to ``--out``; the exit
-status is the browser script's.
+script writes ``summary.json`` and one ``ohif-sr-<SeriesNumber>.png`` per SR to
+``--out``; the exit status is the browser script's.
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def run_session(arguments: argparse.Namespace) -> int:
                 settings = {
                     "baseUrl": f"http://{LOOPBACK}:{web_port}",
                     "studyInstanceUid": arguments.study_uid,
-                    "srSeriesNumber": arguments.sr_series_number,
+                    "srSeriesNumbers": arguments.sr_series_number,
                     "expectedSites": arguments.expect_site,
                     "outDir": str(arguments.out.resolve()),
                     "userDataDir": str(work / "chromium-profile"),
@@ -194,10 +194,10 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--cache", type=Path, required=True,
                         help="folder printed by tests/viewer/setup.sh")
     parser.add_argument("--out", type=Path, required=True,
-                        help="folder for summary.json and the screenshot")
+                        help="folder for summary.json and the screenshots")
     parser.add_argument("--study-uid", required=True, help="StudyInstanceUID to open")
-    parser.add_argument("--sr-series-number", type=int, required=True,
-                        help="SeriesNumber of the SR series to open")
+    parser.add_argument("--sr-series-number", type=int, action="append", required=True,
+                        help="SeriesNumber of an SR series to open; repeat for several")
     parser.add_argument("--expect-site", action="append", default=[],
                         help="a Finding Site code meaning that must be drawn; repeat per lesion")
     parser.add_argument("files", type=Path, nargs="+", help="DICOM files to upload")
