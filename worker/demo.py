@@ -213,7 +213,8 @@ def write_preview(study_dir: Path, rows: list[dict], path: Path) -> Path:
     inverse = np.linalg.inv(volume.affine)
 
     figure, axes = plt.subplots(figsize=(6, 9), dpi=100)
-    axes.imshow(mip, cmap="gray_r", origin="upper", aspect=_aspect(volume.affine), vmin=0,
+    # Slices run from feet to head, so the first slice is drawn at the bottom.
+    axes.imshow(mip, cmap="gray_r", origin="lower", aspect=_aspect(volume.affine), vmin=0,
                 vmax=float(np.percentile(mip, 99.5)) or 1.0)
     for row in rows:
         slice_index, _, column = (inverse @ np.array([*row["centroid_mm"], 1.0]))[:3]

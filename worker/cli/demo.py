@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -27,6 +28,10 @@ def demo_command(
     from worker.demo import DemoError, run_demo
 
     console = Console()
+    root_logger = logging.getLogger()
+    if root_logger.level > logging.DEBUG:
+        # The steps are shown by the status line; per-instance INFO lines would bury them.
+        root_logger.setLevel(logging.WARNING)
     output_dir = output or Path(tempfile.mkdtemp(prefix="hclal-demo-"))
     with console.status("starting") as status:
         try:
@@ -35,7 +40,7 @@ def demo_command(
         except DemoError as exc:
             fail(f"{exc}; the worker's files are in {output_dir}")
 
-    table = Table(title=f"Lesions of the phantom study (seed {seed})")
+    table = Table(title=f"Lesions of the phantom study (seed {seed})", expand=True)
     for column in ("Segment", "True site", "Predicted site", "Probability", "SUVmax", "Volume (ml)"):
         table.add_column(column, justify="right" if column not in ("True site", "Predicted site") else "left")
     for row in result.rows:
