@@ -144,7 +144,6 @@ def segment_masks(seg: Dataset, target: Volume) -> list[SegmentMask]:
     check_frame_of_reference(seg, target)
     _check_segmentation_type(seg, seg_uid)
 
-    plane = _plane(seg, target)
     per_frame = seg.get("PerFrameFunctionalGroupsSequence", [])
     if len(per_frame) != int(seg.get("NumberOfFrames", 1)):
         raise SegmentationError(
@@ -152,6 +151,7 @@ def segment_masks(seg: Dataset, target: Volume) -> list[SegmentMask]:
             "per-frame functional groups"
         )
     positions = np.stack([_frame_position(item, index, seg_uid, target) for index, item in enumerate(per_frame)])
+    plane = _plane(seg, target, positions)
     labels = segment_labels(seg)
     frame_segments = _frame_segments(seg, per_frame, labels)
 
@@ -352,8 +352,14 @@ def _frame_segments(seg: Dataset, per_frame: Sequence[Dataset], labels: dict[int
     return numbers
 
 
-def _plane(seg: Dataset, target: Volume) -> _Plane:
-    """Read the orientation and spacing shared by the SEG's frames, defaulting to the target's."""
+def _plane(seg: Dataset, target: Volume, positions: np.ndarray) -> _Plane:
+    """Read the orientation and spacing shared by the SEG's frames, defaulting to the target's.
+
+    The slice spacing is Spacing Between Slices when present, else the
+    smallest distance between two frame positions along the normal, else
+    Slice Thickness. Slice Thickness comes last because it can be smaller
+    than the spacing, which would leave gaps between the frames.
+    """
     shared = seg.get("SharedFunctionalGroupsSequence", [Dataset()])[0]
     first = seg.get("PerFrameFunctionalGroupsSequence", [Dataset()])[0]
     orientation = functional_group_value(first, shared, "PlaneOrientationSequence", "ImageOrientationPatient")
@@ -371,9 +377,14 @@ def _plane(seg: Dataset, target: Volume) -> _Plane:
         pixel_spacing = (float(measures.PixelSpacing[0]), float(measures.PixelSpacing[1]))
     else:
         pixel_spacing = (target_spacing[1], target_spacing[2])
-    slice_spacing = float(
-        measures.get("SpacingBetweenSlices") or measures.get("SliceThickness") or target_spacing[0]
-    )
+    normal = np.cross(row_cosine, column_cosine)
+    steps = np.diff(np.unique(np.round(positions @ normal, 3)))
+    if measures.get("SpacingBetweenSlices"):
+        slice_spacing = float(measures.SpacingBetweenSlices)
+    elif steps.size:
+        slice_spacing = float(steps.min())
+    else:
+        slice_spacing = float(measures.get("SliceThickness") or target_spacing[0])
     return _Plane(row_cosine, column_cosine, pixel_spacing, slice_spacing)
 
 

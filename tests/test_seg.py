@@ -201,6 +201,31 @@ def test_segment_masks_from_pet_grid_on_finer_ct(ct: tuple[list[Dataset], Volume
     assert bool(masks[0].mask.all())
 
 
+def test_segment_masks_thin_slices_spaced_apart(ct: tuple[list[Dataset], Volume]) -> None:
+    """Frames of 1 mm thickness every 4 mm cover the 4 mm between them, not only 1 mm."""
+    _, volume = ct
+    source_geometry = Geometry((4, 8, 8), (4.0, 2.0, 2.0), (-7.5, -7.5, 1.0))
+    sources = ct_series(
+        np.zeros(source_geometry.shape), source_geometry, SeriesIds(frame_of_reference_uid=volume.frame_of_reference_uid)
+    )
+    for source in sources:
+        source.SliceThickness = 1.0
+    lesion = np.zeros(source_geometry.shape, dtype=bool)
+    lesion[1:3, 3, 3] = True
+    seg = reread(segmentation(sources, lesion))
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    if "SpacingBetweenSlices" in measures:
+        del measures.SpacingBetweenSlices
+
+    masks = segment_masks(reread(seg), volume)
+
+    # Source frames at z = 5 and 9 mm reach 2 mm either side: CT slices at z = 4, 6, 8 and 10 mm.
+    assert float(measures.SliceThickness) == 1.0
+    assert masks[0].origin == (2, 6, 6)
+    assert masks[0].mask.shape == (4, 2, 2)
+    assert bool(masks[0].mask.all())
+
+
 def test_segment_masks_real_liver_seg() -> None:
     """pydicom-data's liver.dcm references CT images that are not shipped, so a CT grid is built
     from the SEG's own frame of reference, positions and spacing."""
