@@ -40,6 +40,8 @@ FRACTIONAL_THRESHOLD = 0.5
 SEGMENTATION_BINARY = "BINARY"
 SEGMENTATION_FRACTIONAL = "FRACTIONAL"
 SEGMENTATION_LABELMAP = "LABELMAP"
+#: Segment Number of the background in a LABELMAP SEG.
+BACKGROUND_SEGMENT_NUMBER = 0
 
 #: Extra distance, in mm, accepted when matching a voxel centre to a SEG frame.
 MATCH_TOLERANCE_MM = 0.01
@@ -106,8 +108,16 @@ def read_segmentation(source: Dataset | str | Path) -> hd.seg.Segmentation:
 
 
 def segment_labels(seg: Dataset) -> dict[int, str]:
-    """Return Segment Label by Segment Number, in the SEG's order."""
-    return {int(item.SegmentNumber): str(item.get("SegmentLabel", "")) for item in seg.SegmentSequence}
+    """Return Segment Label by Segment Number, in the SEG's order.
+
+    Segment 0 is left out because a LABELMAP SEG (as dcmqi writes it)
+    uses it for the background, pixel value 0, which is not a finding.
+    """
+    return {
+        int(item.SegmentNumber): str(item.get("SegmentLabel", ""))
+        for item in seg.SegmentSequence
+        if int(item.SegmentNumber) != BACKGROUND_SEGMENT_NUMBER
+    }
 
 
 def referenced_series_uids(seg: Dataset) -> list[str]:

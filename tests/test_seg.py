@@ -253,7 +253,8 @@ def test_segment_masks_real_liver_seg() -> None:
 
 
 @pytest.mark.skipif(shutil.which("itkimage2segimage") is None, reason="dcmqi is not installed")
-def test_segment_masks_dcmqi_seg(tmp_path: Path, ct: tuple[list[Dataset], Volume]) -> None:
+@pytest.mark.parametrize("segmentation_type", ["binary", "labelmap"])
+def test_segment_masks_dcmqi_seg(tmp_path: Path, ct: tuple[list[Dataset], Volume], segmentation_type: str) -> None:
     instances, volume = ct
     ct_folder = tmp_path / "ct"
     ct_folder.mkdir()
@@ -276,14 +277,17 @@ def test_segment_masks_dcmqi_seg(tmp_path: Path, ct: tuple[list[Dataset], Volume
             "--inputDICOMDirectory", str(ct_folder),
             "--inputMetadata", str(metadata_path),
             "--outputDICOM", str(seg_path),
+            "--segmentationType", segmentation_type,
         ],
         check=True,
         capture_output=True,
         timeout=120,
     )
 
-    masks = segment_masks(read_segmentation(seg_path), volume)
+    seg = read_segmentation(seg_path)
+    masks = segment_masks(seg, volume)
 
+    assert seg.SegmentationType == segmentation_type.upper()
     assert [m.segment_label for m in masks] == ["first", "second"]
     np.testing.assert_array_equal(full_mask(masks[0], volume.array.shape), labels == 1)
     np.testing.assert_array_equal(full_mask(masks[1], volume.array.shape), labels == 2)
