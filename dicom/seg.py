@@ -40,6 +40,8 @@ FRACTIONAL_THRESHOLD = 0.5
 SEGMENTATION_BINARY = "BINARY"
 SEGMENTATION_FRACTIONAL = "FRACTIONAL"
 SEGMENTATION_LABELMAP = "LABELMAP"
+#: Segment Number of the background in a LABELMAP SEG.
+BACKGROUND_SEGMENT_NUMBER = 0
 
 #: Extra distance, in mm, accepted when matching a voxel centre to a SEG frame.
 MATCH_TOLERANCE_MM = 0.01
@@ -106,8 +108,16 @@ def read_segmentation(source: Dataset | str | Path) -> hd.seg.Segmentation:
 
 
 def segment_labels(seg: Dataset) -> dict[int, str]:
-    """Return Segment Label by Segment Number, in the SEG's order."""
-    return {int(item.SegmentNumber): str(item.get("SegmentLabel", "")) for item in seg.SegmentSequence}
+    """Return Segment Label by Segment Number, in the SEG's order.
+
+    Segment 0 is left out because a LABELMAP SEG (as dcmqi writes it)
+    uses it for the background, pixel value 0, which is not a finding.
+    """
+    return {
+        int(item.SegmentNumber): str(item.get("SegmentLabel", ""))
+        for item in seg.SegmentSequence
+        if int(item.SegmentNumber) != BACKGROUND_SEGMENT_NUMBER
+    }
 
 
 def referenced_series_uids(seg: Dataset) -> list[str]:
@@ -144,7 +154,6 @@ def segment_masks(seg: Dataset, target: Volume) -> list[SegmentMask]:
     check_frame_of_reference(seg, target)
     _check_segmentation_type(seg, seg_uid)
 
-    plane = _plane(seg, target)
     per_frame = seg.get("PerFrameFunctionalGroupsSequence", [])
     if len(per_frame) != int(seg.get("NumberOfFrames", 1)):
         raise SegmentationError(
@@ -152,6 +161,7 @@ def segment_masks(seg: Dataset, target: Volume) -> list[SegmentMask]:
             "per-frame functional groups"
         )
     positions = np.stack([_frame_position(item, index, seg_uid, target) for index, item in enumerate(per_frame)])
+    plane = _plane(seg, target, positions)
     labels = segment_labels(seg)
     frame_segments = _frame_segments(seg, per_frame, labels)
 
@@ -352,8 +362,14 @@ def _frame_segments(seg: Dataset, per_frame: Sequence[Dataset], labels: dict[int
     return numbers
 
 
-def _plane(seg: Dataset, target: Volume) -> _Plane:
-    """Read the orientation and spacing shared by the SEG's frames, defaulting to the target's."""
+def _plane(seg: Dataset, target: Volume, positions: np.ndarray) -> _Plane:
+    """Read the orientation and spacing shared by the SEG's frames, defaulting to the target's.
+
+    The slice spacing is Spacing Between Slices when present, else the
+    smallest distance between two frame positions along the normal, else
+    Slice Thickness. Slice Thickness comes last because it can be smaller
+    than the spacing, which would leave gaps between the frames.
+    """
     shared = seg.get("SharedFunctionalGroupsSequence", [Dataset()])[0]
     first = seg.get("PerFrameFunctionalGroupsSequence", [Dataset()])[0]
     orientation = functional_group_value(first, shared, "PlaneOrientationSequence", "ImageOrientationPatient")
@@ -371,9 +387,14 @@ def _plane(seg: Dataset, target: Volume) -> _Plane:
         pixel_spacing = (float(measures.PixelSpacing[0]), float(measures.PixelSpacing[1]))
     else:
         pixel_spacing = (target_spacing[1], target_spacing[2])
-    slice_spacing = float(
-        measures.get("SpacingBetweenSlices") or measures.get("SliceThickness") or target_spacing[0]
-    )
+    normal = np.cross(row_cosine, column_cosine)
+    steps = np.diff(np.unique(np.round(positions @ normal, 3)))
+    if measures.get("SpacingBetweenSlices"):
+        slice_spacing = float(measures.SpacingBetweenSlices)
+    elif steps.size:
+        slice_spacing = float(steps.min())
+    else:
+        slice_spacing = float(measures.get("SliceThickness") or target_spacing[0])
     return _Plane(row_cosine, column_cosine, pixel_spacing, slice_spacing)
 
 

@@ -201,6 +201,31 @@ def test_segment_masks_from_pet_grid_on_finer_ct(ct: tuple[list[Dataset], Volume
     assert bool(masks[0].mask.all())
 
 
+def test_segment_masks_thin_slices_spaced_apart(ct: tuple[list[Dataset], Volume]) -> None:
+    """Frames of 1 mm thickness every 4 mm cover the 4 mm between them, not only 1 mm."""
+    _, volume = ct
+    source_geometry = Geometry((4, 8, 8), (4.0, 2.0, 2.0), (-7.5, -7.5, 1.0))
+    sources = ct_series(
+        np.zeros(source_geometry.shape), source_geometry, SeriesIds(frame_of_reference_uid=volume.frame_of_reference_uid)
+    )
+    for source in sources:
+        source.SliceThickness = 1.0
+    lesion = np.zeros(source_geometry.shape, dtype=bool)
+    lesion[1:3, 3, 3] = True
+    seg = reread(segmentation(sources, lesion))
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    if "SpacingBetweenSlices" in measures:
+        del measures.SpacingBetweenSlices
+
+    masks = segment_masks(reread(seg), volume)
+
+    # Source frames at z = 5 and 9 mm reach 2 mm either side: CT slices at z = 4, 6, 8 and 10 mm.
+    assert float(measures.SliceThickness) == 1.0
+    assert masks[0].origin == (2, 6, 6)
+    assert masks[0].mask.shape == (4, 2, 2)
+    assert bool(masks[0].mask.all())
+
+
 def test_segment_masks_real_liver_seg() -> None:
     """pydicom-data's liver.dcm references CT images that are not shipped, so a CT grid is built
     from the SEG's own frame of reference, positions and spacing."""
@@ -228,7 +253,8 @@ def test_segment_masks_real_liver_seg() -> None:
 
 
 @pytest.mark.skipif(shutil.which("itkimage2segimage") is None, reason="dcmqi is not installed")
-def test_segment_masks_dcmqi_seg(tmp_path: Path, ct: tuple[list[Dataset], Volume]) -> None:
+@pytest.mark.parametrize("segmentation_type", ["binary", "labelmap"])
+def test_segment_masks_dcmqi_seg(tmp_path: Path, ct: tuple[list[Dataset], Volume], segmentation_type: str) -> None:
     instances, volume = ct
     ct_folder = tmp_path / "ct"
     ct_folder.mkdir()
@@ -251,14 +277,17 @@ def test_segment_masks_dcmqi_seg(tmp_path: Path, ct: tuple[list[Dataset], Volume
             "--inputDICOMDirectory", str(ct_folder),
             "--inputMetadata", str(metadata_path),
             "--outputDICOM", str(seg_path),
+            "--segmentationType", segmentation_type,
         ],
         check=True,
         capture_output=True,
         timeout=120,
     )
 
-    masks = segment_masks(read_segmentation(seg_path), volume)
+    seg = read_segmentation(seg_path)
+    masks = segment_masks(seg, volume)
 
+    assert seg.SegmentationType == segmentation_type.upper()
     assert [m.segment_label for m in masks] == ["first", "second"]
     np.testing.assert_array_equal(full_mask(masks[0], volume.array.shape), labels == 1)
     np.testing.assert_array_equal(full_mask(masks[1], volume.array.shape), labels == 2)
