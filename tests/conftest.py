@@ -63,3 +63,21 @@ def database_url(request: pytest.FixtureRequest) -> str:
 def settings(tmp_path: Path, sqlite_url: str) -> Settings:
     """Embedded-default settings with every folder under the test's tmp_path."""
     return load_settings(data_dir=tmp_path / "data", database_url=sqlite_url)
+
+
+@pytest.fixture(scope="session")
+def phantom_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small phantom PET/CT study (CT, PET, SEG with 3 lesions, truth.json), made once per run."""
+    from dicom.phantom import generate_study
+
+    folder = tmp_path_factory.mktemp("phantom-study")
+    generate_study(folder, seed=5, lesions=3)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Random-weight coarse and fine checkpoints over the whole vocabulary."""
+    from tests.support.tiny_models import write_tiny_models
+
+    return write_tiny_models(tmp_path_factory.mktemp("tiny-models"))

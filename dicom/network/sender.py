@@ -51,6 +51,7 @@ def send_files(
     called_ae_title: str,
     calling_ae_title: str = "HCLALSEND",
     on_sent: Callable[[SentFile], None] | None = None,
+    dimse_timeout: float = 120.0,
 ) -> list[SentFile]:
     """Send every file over one association, proposing each file's own SOP class and syntax.
 
@@ -66,6 +67,8 @@ def send_files(
         key = (str(header.SOPClassUID), str(header.file_meta.TransferSyntaxUID))
         contexts[key] = build_context(*key)
     ae = AE(ae_title=calling_ae_title)
+    # A busy receiver (fsync of every instance) can take seconds to answer; don't give up early.
+    ae.dimse_timeout = dimse_timeout
     ae.requested_contexts = [build_context(Verification), *contexts.values()][:128]
 
     association = ae.associate(host, port, ae_title=called_ae_title)
