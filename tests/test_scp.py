@@ -24,7 +24,14 @@ from pydicom import dcmread
 from pydicom import uid as dicom_uid
 from pydicom.dataset import Dataset
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage, Verification
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    EnhancedPETImageStorage,
+    MRImageStorage,
+    PositronEmissionTomographyImageStorage,
+    Verification,
+)
 from sqlalchemy import func, select
 
 from dicom.network.scp import (
@@ -525,3 +532,72 @@ def test_database_error_fails_without_phi(
     assert "Test^Patient" not in caplog.text
     assert "TEST-0001" not in caplog.text
     assert list(receiver.settings.spool_dir.rglob("*.dcm")) == []
+
+
+def _as_multiframe(ds: Dataset, sop_class_uid: str, frames: int) -> Dataset:
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
+    ds.NumberOfFrames = frames
+    ds.PixelData = ds.PixelData * frames
+    return ds
+
+
+@pytest.mark.parametrize(
+    "sop_class_uid",
+    [
+        CTImageStorage,
+        EnhancedCTImageStorage,
+        PositronEmissionTomographyImageStorage,
+        EnhancedPETImageStorage,
+    ],
+    ids=["ct", "enhanced-ct", "pet", "enhanced-pet"],
+)
+def test_image_sop_classes_stored(receiver: Receiver, sop_class_uid: str) -> None:
+    ds = ct_series(1)[0]
+    if sop_class_uid in (EnhancedCTImageStorage, EnhancedPETImageStorage):
+        ds = _as_multiframe(ds, sop_class_uid, frames=3)
+    else:
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
+    ae = scu((sop_class_uid, [dicom_uid.ExplicitVRLittleEndian]))
+
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="HCLAL")
+    status = assoc.send_c_store(ds)
+    assoc.release()
+
+    assert status.Status == STATUS_SUCCESS
+    assert stored_bytes(receiver, ds.SOPInstanceUID)[128:132] == b"DICM"
+
+
+def test_other_sop_class_rejected_at_negotiation(receiver: Receiver) -> None:
+    ae = scu(
+        (MRImageStorage, [dicom_uid.ExplicitVRLittleEndian]),
+        (Verification, [dicom_uid.ImplicitVRLittleEndian]),
+    )
+
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="HCLAL")
+    rejected = [cx.abstract_syntax for cx in assoc.rejected_contexts]
+    assoc.release()
+
+    assert rejected == [MRImageStorage]
+    # Result 3: abstract-syntax-not-supported (provider rejection), PS3.8 9.3.3.2.
+    assert assoc.rejected_contexts[0].result == 0x03
+
+
+@pytest.mark.dcmtk
+def test_dcmtk_tls_store_with_test_ca(tmp_path: Path, sqlite_url: str) -> None:
+    pki = _certificate_authority(tmp_path)
+    settings = receiver_settings(
+        tmp_path / "data",
+        sqlite_url,
+        tls_certificate=pki["server_cert"],
+        tls_key=pki["server_key"],
+        tls_ca=pki["ca"],
+    )
+    paths = write_all(ct_series(2), tmp_path / "series")
+    tls = ["+tls", str(pki["client_key"]), str(pki["client_cert"]), "+cf", str(pki["ca"])]
+
+    with running_receiver(settings) as receiver:
+        result = storescu(receiver, paths, *tls)
+        count = receiver.instance_count()
+
+    assert result.returncode == 0, result.stderr
+    assert count == 2
