@@ -50,6 +50,7 @@ from tests.support.receiver import (
     scp_command,
 )
 from tests.test_spool import file_size_limit
+from worker.config import Settings
 from worker.db.models import Event, Instance, Series, Study
 
 # Transfer syntax -> storescu option that proposes it (None: sent with pynetdicom).
@@ -426,15 +427,20 @@ def _certificate_authority(folder: Path) -> dict[str, Path]:
     return paths
 
 
-def test_tls_association_with_test_ca(tmp_path: Path, sqlite_url: str) -> None:
-    pki = _certificate_authority(tmp_path)
-    settings = receiver_settings(
+def _tls_settings(tmp_path: Path, database_url: str, pki: dict[str, Path]) -> Settings:
+    """Return SCP settings that require TLS with client certificates signed by the test CA."""
+    return receiver_settings(
         tmp_path / "data",
-        sqlite_url,
+        database_url,
         tls_certificate=pki["server_cert"],
         tls_key=pki["server_key"],
         tls_ca=pki["ca"],
     )
+
+
+def test_tls_association_with_test_ca(tmp_path: Path, sqlite_url: str) -> None:
+    pki = _certificate_authority(tmp_path)
+    settings = _tls_settings(tmp_path, sqlite_url, pki)
     client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=pki["ca"])
     client.load_cert_chain(pki["client_cert"], pki["client_key"])
     anonymous = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=pki["ca"])
@@ -585,13 +591,7 @@ def test_other_sop_class_rejected_at_negotiation(receiver: Receiver) -> None:
 @pytest.mark.dcmtk
 def test_dcmtk_tls_store_with_test_ca(tmp_path: Path, sqlite_url: str) -> None:
     pki = _certificate_authority(tmp_path)
-    settings = receiver_settings(
-        tmp_path / "data",
-        sqlite_url,
-        tls_certificate=pki["server_cert"],
-        tls_key=pki["server_key"],
-        tls_ca=pki["ca"],
-    )
+    settings = _tls_settings(tmp_path, sqlite_url, pki)
     paths = write_all(ct_series(2), tmp_path / "series")
     tls = ["+tls", str(pki["client_key"]), str(pki["client_cert"]), "+cf", str(pki["ca"])]
 
