@@ -11,7 +11,12 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PositronEmissionTomographyImageStorage, generate_uid
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    PositronEmissionTomographyImageStorage,
+    generate_uid,
+)
 
 
 def _image(
@@ -69,17 +74,27 @@ def _image(
 
 
 def ct_series(
-    count: int, *, study_uid: str | None = None, size: int = 16, frame_of_reference_uid: str | None = None
+    count: int,
+    *,
+    study_uid: str | None = None,
+    size: int = 16,
+    frame_of_reference_uid: str | None = None,
 ) -> list[Dataset]:
     """Return ``count`` CT Image Storage slices of one new series, 2 mm apart."""
     study_uid = study_uid or generate_uid()
     series_uid = generate_uid()
     frame = frame_of_reference_uid or generate_uid()
-    return [_image(CTImageStorage, "CT", study_uid, series_uid, i, size, frame) for i in range(count)]
+    return [
+        _image(CTImageStorage, "CT", study_uid, series_uid, i, size, frame) for i in range(count)
+    ]
 
 
 def pet_series(
-    count: int, *, study_uid: str | None = None, size: int = 16, frame_of_reference_uid: str | None = None
+    count: int,
+    *,
+    study_uid: str | None = None,
+    size: int = 16,
+    frame_of_reference_uid: str | None = None,
 ) -> list[Dataset]:
     """Return ``count`` PET Image Storage slices of one new series, 2 mm apart."""
     study_uid = study_uid or generate_uid()

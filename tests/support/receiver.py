@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -13,6 +14,12 @@ from sqlalchemy import Engine, func, select
 from dicom.network.scp import StorageSCP, create_scp
 from worker.config import Settings, load_settings
 from worker.db.models import Instance
+
+
+def scp_command(port: int, ae_title: str) -> list[str]:
+    """Return the command line that runs ``hclal scp`` on 127.0.0.1:``port`` from the repository."""
+    options = ["--host", "127.0.0.1", "--port", str(port), "--ae-title", ae_title]
+    return [sys.executable, "-m", "worker", "scp", *options]
 
 
 def free_port() -> int:
@@ -46,7 +53,12 @@ class Receiver:
 
 def receiver_settings(data_dir: Path, database_url: str, **overrides: object) -> Settings:
     """Return settings for an SCP on 127.0.0.1 with a free port and its data under ``data_dir``."""
-    values = {"data_dir": data_dir, "database_url": database_url, "scp_host": "127.0.0.1", "scp_port": free_port()}
+    values = {
+        "data_dir": data_dir,
+        "database_url": database_url,
+        "scp_host": "127.0.0.1",
+        "scp_port": free_port(),
+    }
     values.update(overrides)
     return load_settings(**values)
 
