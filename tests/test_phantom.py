@@ -255,3 +255,19 @@ def test_validator_flags_sr_template_error(study, tmp_path: Path) -> None:
     ok, report = validate([path])
     assert not ok
     assert "Incorrect relationship - expected HAS CONCEPT MOD" in report
+
+
+def test_volumes_as_shared_volume_type(volumes) -> None:
+    pytest.importorskip("dicom.volume")
+    from dicom.phantom import StudyUids
+
+    uids = StudyUids.for_seed(SEED)
+    ct, pet = volumes.as_volumes(uids)
+
+    assert ct.modality == "CT"
+    assert pet.modality == "PT"
+    assert ct.frame_of_reference_uid == pet.frame_of_reference_uid == uids.frame_of_reference
+    assert ct.array.shape == volumes.ct_hu.shape
+    assert np.allclose(ct.affine @ [0, 0, 0, 1], volumes.ct_affine @ [0, 0, 0, 1])
+    assert np.array_equal(pet.array, volumes.pet_suv)
+    assert pet.spacing == pytest.approx((4.0, 4.0, 4.0))
