@@ -1,8 +1,8 @@
 """Structures of each body region, painted onto a :class:`~dicom.phantom.anatomy.Canvas`.
 
-Positions and sizes are in millimetres of the reference body (see ``anatomy``); they are
-coarse approximations of adult anatomy, chosen so that every structure lies where a
-radiologist would look for it and left/right structures are mirror images.
+Positions and sizes are in millimetres of the reference body (see ``anatomy``). They are
+coarse approximations of adult anatomy: every structure lies where a radiologist would
+look for it, and left and right structures are mirror images.
 """
 
 from __future__ import annotations
@@ -251,7 +251,7 @@ def paint_thorax(canvas: Canvas) -> None:
 
 
 def paint_breast(canvas: Canvas, side: str, sign: float) -> None:
-    """One breast split into quadrants around the nipple; smaller in the male phantom."""
+    """Paint one breast split into quadrants around the nipple, smaller in the male phantom."""
     centre = (sign * 78.0, -112.0, 430.0)
     radii = (55.0, 32.0, 50.0) if not canvas.body.male else (40.0, 18.0, 34.0)
 
@@ -451,14 +451,16 @@ def paint_upper_limbs(canvas: Canvas) -> None:
                 [
                     ((d < 610.0) & (y < 0.0), f"upper_arm_anterior_compartment_{side}", "muscle"),
                     (d < 610.0, f"upper_arm_posterior_compartment_{side}", "muscle"),
-                    (d < 870.0, f"forearm_muscles_{side}", "muscle"),
-                    (d < 900.0, f"carpus_{side}", "bone"),
-                    (d < 965.0, f"metacarpus_{side}", "bone"),
                 ],
-                (f"fingers_{side}", "bone"),
+                (f"forearm_muscles_{side}", "muscle"),
             )
 
-        canvas.paint((arm, (ax - 45.0, ax + 45.0, -45.0, 45.0, 300.0, 1060.0)), compartment)
+        canvas.paint((arm, (ax - 45.0, ax + 45.0, -45.0, 45.0, 300.0, 870.0)), compartment)
+        # The hand: soft tissue without a site of its own around the carpal, metacarpal and finger bones.
+        canvas.paint((arm, (ax - 45.0, ax + 45.0, -45.0, 45.0, 870.0, 1060.0)), BODY_FAT)
+        canvas.paint(ellipsoid((ax, 0.0, 886.0), (17.0, 10.0, 14.0)), canvas.site(f"carpus_{side}", "bone"))
+        canvas.paint(ellipsoid((ax, 0.0, 932.0), (16.0, 7.0, 30.0)), canvas.site(f"metacarpus_{side}", "bone"))
+        canvas.paint(ellipsoid((ax, 0.0, 1005.0), (14.0, 6.0, 40.0)), canvas.site(f"fingers_{side}", "bone"))
         canvas.paint(ellipsoid((ax, 0.0, 318.0), (48.0, 48.0, 40.0)), canvas.site(f"shoulder_muscles_{side}", "muscle"))
         canvas.paint(ellipsoid((ax - sign * 6.0, 0.0, 318.0), (24.0, 24.0, 24.0)), canvas.site(f"humerus_proximal_{side}", "marrow"))
         canvas.paint(cylinder(ax, 0.0, 11.0, 11.0, 340.0, 380.0), canvas.site(f"humerus_proximal_{side}", "bone"))

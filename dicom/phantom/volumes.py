@@ -81,7 +81,7 @@ class PhantomVolumes:
 
     ``ct_hu`` is on ``anatomy.grid``; ``pet_bqml`` and ``pet_suv`` are on ``pet_grid``.
     Arrays are ``(slices, rows, columns)`` with slice 0 the most superior; affines map
-    ``(slice, row, column, 1)`` to LPS millimetres. ``pet_bqml`` holds exactly the values
+    ``(slice, row, column, 1)`` to LPS millimetres. ``pet_bqml`` contains exactly the values
     that the PET files encode, and ``suv_max`` of each lesion is the largest of them
     inside the lesion, converted to SUV.
     """
