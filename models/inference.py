@@ -317,7 +317,7 @@ class Localizer:
         outputs = []
         for start in range(0, len(centres), self.batch_size):
             stop = start + self.batch_size
-            crops = cropper.crop(model.spec, centres[start:stop], masks[start:stop], chunk=self.batch_size)
+            crops = cropper.crop(model.spec, centres[start:stop], masks[start:stop])
             embeddings = model.embed(crops)
             row_mask = None if row_masks is None else row_masks[start:stop]
             outputs.append(model.site_probabilities(embeddings, row_mask))
