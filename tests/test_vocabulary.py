@@ -129,6 +129,10 @@ def test_indices_follow_file_order(vocabulary) -> None:
     for position, site in enumerate(vocabulary.fine_sites):
         assert vocabulary.fine_index(site.id) == position
     assert vocabulary.coarse_index(vocabulary.coarse_sites[-1].id) == len(vocabulary.coarse_sites) - 1
+    with pytest.raises(ValueError, match="not a fine site"):
+        vocabulary.fine_index("liver")
+    with pytest.raises(UnknownSiteError):
+        vocabulary.coarse_index("liver_segment_9")
 
 
 def test_ids_snake_case_and_unique(vocabulary) -> None:

@@ -12,6 +12,7 @@ from worker.cli import db
 from worker.cli import evaluate
 from worker.cli import localize
 from worker.cli import models
+from worker.cli import phantom
 from worker.cli import train
 from worker.cli import vocab
 from worker.cli.common import CliState
@@ -53,6 +54,7 @@ db.register(app)
 evaluate.register(app)
 localize.register(app)
 models.register(app)
+phantom.register(app)
 train.register(app)
 vocab.register(app)
 

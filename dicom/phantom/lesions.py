@@ -1,0 +1,159 @@
+"""Lesion placement: a sphere centred on a voxel of a chosen vocabulary site."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from dicom.phantom.anatomy import BODY_FAT, OUTSIDE, TISSUES, Grid
+
+# Sites with fewer voxels than this on the CT grid never receive a lesion.
+MIN_SITE_VOXELS = 20
+# Gap kept between the surfaces of two lesions of one study, in mm.
+LESION_GAP_MM = 6.0
+
+
+@dataclass(frozen=True)
+class LesionSpec:
+    """One spherical lesion: where it is, how large and how it looks on CT and PET."""
+
+    site_id: str
+    centre_mm: tuple[float, float, float]
+    diameter_mm: float
+    suv_max: float
+    hu: float
+
+
+class SiteSampler:
+    """Voxel lists of every site of a label map, for drawing lesion centres quickly."""
+
+    def __init__(self, labels: np.ndarray, site_ids: list[str | None], tissues: list[str], grid: Grid) -> None:
+        self.grid = grid
+        self.site_ids = site_ids
+        self.tissues = tissues
+        flat = labels.ravel()
+        self._order = np.argsort(flat, kind="stable")
+        counts = np.bincount(flat, minlength=len(site_ids))
+        self._starts = np.concatenate([[0], np.cumsum(counts)])
+        self._label_of = {site_id: label for label, site_id in enumerate(site_ids) if site_id is not None}
+        self.voxel_volume_mm3 = float(np.prod(grid.spacing))
+
+    def voxel_count(self, site_id: str) -> int:
+        """Return the number of CT voxels labelled ``site_id`` (0 for sites not painted)."""
+        label = self._label_of.get(site_id)
+        if label is None:
+            return 0
+        return int(self._starts[label + 1] - self._starts[label])
+
+    def eligible_sites(self) -> list[str]:
+        """Return the sites that can hold a lesion, in label order."""
+        return [
+            site_id
+            for label, site_id in enumerate(self.site_ids)
+            if label not in (OUTSIDE, BODY_FAT) and site_id is not None and self.voxel_count(site_id) >= MIN_SITE_VOXELS
+        ]
+
+    def tissue_of(self, site_id: str) -> str:
+        """Return the tissue painted for ``site_id``."""
+        return self.tissues[self._label_of[site_id]]
+
+    def sample_centre(self, site_id: str, rng: np.random.Generator) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+        """Return a random voxel index of ``site_id`` and its LPS centre in mm."""
+        count = self.voxel_count(site_id)
+        if count < MIN_SITE_VOXELS:
+            raise ValueError(f"site {site_id!r} has {count} voxels in the phantom; it cannot hold a lesion")
+        label = self._label_of[site_id]
+        flat_index = int(self._order[self._starts[label] + int(rng.integers(0, count))])
+        index = np.unravel_index(flat_index, self.grid.shape)
+        centre = self.grid.affine @ np.array([index[0], index[1], index[2], 1.0])
+        return (int(index[0]), int(index[1]), int(index[2])), (float(centre[0]), float(centre[1]), float(centre[2]))
+
+
+def lesion_appearance(tissue: str, rng: np.random.Generator) -> tuple[float, float]:
+    """Return a lesion's CT number (HU) and SUVmax for a lesion arising in ``tissue``."""
+    background_hu, _noise, background_suv = TISSUES[tissue]
+    if tissue in ("bone", "marrow"):
+        hu = float(rng.choice([80.0, 900.0]))  # lytic or sclerotic
+    elif tissue in ("lung", "airway", "sinus", "air", "fat", "breast", "colon"):
+        hu = 35.0
+    elif tissue == "liver":
+        hu = 35.0
+    else:
+        hu = background_hu + 15.0
+    low = max(2.5, 1.8 * background_suv)
+    suv = float(rng.uniform(low, max(14.0, 3.0 * background_suv)))
+    return hu, round(suv, 2)
+
+
+def sample_lesion(site_id: str, rng: np.random.Generator, sampler: SiteSampler | None = None) -> LesionSpec:
+    """Draw one lesion centred inside ``site_id``.
+
+    The centre is a CT voxel centre labelled ``site_id``, so the site of the label map at the
+    centre is always ``site_id``. The diameter (8 to 30 mm) shrinks for small sites.
+    ``sampler`` defaults to the anatomy of seed 0 (see :func:`dicom.phantom.default_anatomy`).
+    """
+    if sampler is None:
+        from dicom.phantom.volumes import default_anatomy
+
+        sampler = default_anatomy().sampler
+    _index, centre = sampler.sample_centre(site_id, rng)
+    volume = sampler.voxel_count(site_id) * sampler.voxel_volume_mm3
+    equivalent_diameter = 2.0 * (3.0 * volume / (4.0 * math.pi)) ** (1.0 / 3.0)
+    diameter = float(rng.uniform(10.0, 30.0))
+    diameter = round(max(8.0, min(diameter, equivalent_diameter + 4.0)), 1)
+    hu, suv = lesion_appearance(sampler.tissue_of(site_id), rng)
+    return LesionSpec(site_id, centre, diameter, suv, hu)
+
+
+def sample_lesions(count: int, rng: np.random.Generator, sampler: SiteSampler) -> list[LesionSpec]:
+    """Draw ``count`` non-overlapping lesions, each in a different site."""
+    sites = sampler.eligible_sites()
+    if count > len(sites):
+        raise ValueError(f"{count} lesions requested, but the phantom has {len(sites)} sites that can hold one")
+    lesions: list[LesionSpec] = []
+    for site_id in rng.permutation(sites):
+        if len(lesions) == count:
+            break
+        for _attempt in range(20):
+            lesion = sample_lesion(str(site_id), rng, sampler)
+            if all(_apart(lesion, other) for other in lesions):
+                lesions.append(lesion)
+                break
+    if len(lesions) < count:
+        raise ValueError(f"could place only {len(lesions)} of {count} non-overlapping lesions")
+    return lesions
+
+
+def _apart(first: LesionSpec, second: LesionSpec) -> bool:
+    distance = math.dist(first.centre_mm, second.centre_mm)
+    return distance >= (first.diameter_mm + second.diameter_mm) / 2.0 + LESION_GAP_MM
+
+
+def sphere_mask(grid: Grid, centre: tuple[float, float, float], diameter: float) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+    """Return the block of ``grid`` around a sphere and the mask of voxel centres inside it.
+
+    The voxel nearest the centre is always inside, so small lesions keep at least one voxel.
+    """
+    z_axis, y_axis, x_axis = grid.axes()
+    radius = diameter / 2.0
+    x, y, z = centre
+
+    def span(axis: np.ndarray, low: float, high: float) -> slice:
+        inside = np.nonzero((axis >= low) & (axis <= high))[0]
+        nearest = int(np.argmin(np.abs(axis - (low + high) / 2.0)))
+        start = min(inside[0], nearest) if inside.size else nearest
+        stop = max(inside[-1], nearest) + 1 if inside.size else nearest + 1
+        return slice(int(start), int(stop))
+
+    ks = span(z_axis, z - radius, z + radius)
+    js = span(y_axis, y - radius, y + radius)
+    is_ = span(x_axis, x - radius, x + radius)
+    dz = (z_axis[ks] - z)[:, None, None]
+    dy = (y_axis[js] - y)[None, :, None]
+    dx = (x_axis[is_] - x)[None, None, :]
+    mask = dx**2 + dy**2 + dz**2 <= radius**2
+    nearest = np.unravel_index(int(np.argmin(dx**2 + dy**2 + dz**2)), mask.shape)
+    mask[nearest] = True
+    return (ks, js, is_), mask
