@@ -245,17 +245,10 @@ def nearest_separable(mask: torch.Tensor, indices: Sequence[torch.Tensor]) -> to
     return (block & inside).to(torch.float32)
 
 
-def box_channel(centre: Sequence[float], size_mm: Sequence[float], points: torch.Tensor) -> torch.Tensor:
-    """Return 1 at ``points`` inside the axis-aligned box, 0 elsewhere (the mask of box mode)."""
-    centre_t = torch.tensor(centre, dtype=points.dtype, device=points.device)
-    half = torch.tensor(size_mm, dtype=points.dtype, device=points.device) / 2
-    return ((points - centre_t).abs() <= half).all(dim=-1).to(torch.float32)
-
-
-def separable_box_channel(
+def box_channel(
     centre: Sequence[float], size_mm: Sequence[float], coordinates: Sequence[torch.Tensor]
 ) -> torch.Tensor:
-    """Return the box mask on the grid with 1-D LPS coordinates ``(x, y, z)``, as ``(z, y, x)``."""
+    """Return the box-mode mask channel: 1 inside the box, on the grid with 1-D LPS coordinates ``(x, y, z)``."""
     inside = [
         ((coordinates[axis] - float(centre[axis])).abs() <= float(size_mm[axis]) / 2).to(torch.float32)
         for axis in range(3)
@@ -360,7 +353,7 @@ class StudyCropper:
     ) -> torch.Tensor:
         """Return the lesion's own mask, or the box of box mode, on the crop grid."""
         if isinstance(lesion, tuple):
-            return separable_box_channel(lesion[0], lesion[1], coordinates)
+            return box_channel(lesion[0], lesion[1], coordinates)
         ct = self.volumes["ct"]
         alignment = self._alignment["ct"]
         if alignment is None:
