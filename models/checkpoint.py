@@ -252,6 +252,8 @@ def save_checkpoint(
 def read_metadata(path: Path) -> CheckpointMetadata:
     """Read ``model.json`` of the checkpoint folder ``path``."""
     metadata_path = Path(path) / METADATA_FILE
+    if not Path(path).is_dir():
+        raise CheckpointError(f"checkpoint folder {path} not found")
     if not metadata_path.is_file():
         raise CheckpointError(
             f"{path} is not a checkpoint folder: {METADATA_FILE} not found "

@@ -130,7 +130,9 @@ class RankedModel:
         self.checkpoint = checkpoint
         self.metadata = checkpoint.metadata
         self.spec = CropSpec.from_metadata(checkpoint.metadata)
-        self.encoder = checkpoint.image_encoder.to(device).eval()
+        # Channels-last 3-D layout lets oneDNN and cuDNN pick faster convolutions: 4 coarse
+        # crops took 8.4 s instead of 10.8 s on a busy 2-core x86 VM (one A/B run).
+        self.encoder = checkpoint.image_encoder.to(device, memory_format=torch.channels_last_3d).eval()
         self.prompts = F.normalize(checkpoint.prompt_embeddings.to(device, torch.float32), dim=-1)
         self.row_site_ids = list(checkpoint.metadata.site_ids)
         check_sites(checkpoint, vocabulary)
@@ -143,6 +145,7 @@ class RankedModel:
 
     def embed(self, crops: torch.Tensor) -> torch.Tensor:
         """Return L2-normalised float32 image embeddings of a batch of crops."""
+        crops = crops.contiguous(memory_format=torch.channels_last_3d)
         return F.normalize(self.encoder(crops).float(), dim=-1)
 
     def site_probabilities(self, embeddings: torch.Tensor, row_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -317,7 +320,7 @@ class Localizer:
         outputs = []
         for start in range(0, len(centres), self.batch_size):
             stop = start + self.batch_size
-            crops = cropper.crop(model.spec, centres[start:stop], masks[start:stop], chunk=self.batch_size)
+            crops = cropper.crop(model.spec, centres[start:stop], masks[start:stop])
             embeddings = model.embed(crops)
             row_mask = None if row_masks is None else row_masks[start:stop]
             outputs.append(model.site_probabilities(embeddings, row_mask))

@@ -70,6 +70,7 @@ class TrainingConfig:
     label_smoothing: float = 0.1
     logit_scale: float = 100.0
     region_weights: dict[str, float] | None = None
+    regions_per_batch: int = 2
     related_fraction: float = 0.8
     coarse_model: Path | None = None
     coarse_predictions_top: int = 3
@@ -121,6 +122,7 @@ class TrainingConfig:
             (0 <= self.scale_probability <= 1, f"scale_probability must be in [0, 1], got {self.scale_probability}"),
             (len(self.scale_range) == 2 and 0 < self.scale_range[0] <= self.scale_range[1],
              f"scale_range must be (low, high) with 0 < low <= high, got {self.scale_range}"),
+            (self.regions_per_batch >= 1, f"regions_per_batch must be at least 1, got {self.regions_per_batch}"),
             (self.jitter_mm >= 0, f"jitter_mm must be >= 0, got {self.jitter_mm}"),
         ]
         for ok, message in checks:

@@ -82,7 +82,8 @@ def build_sampler(config: TrainingConfig, labels: Sequence[SampleLabels]) -> Coa
     """Return the coarse or fine batch sampler of ``config.stage``."""
     if config.stage == "coarse":
         return CoarseBatchSampler(
-            labels, config.batch_size, config.region_weights, config.batches_per_epoch, config.seed
+            labels, config.batch_size, config.region_weights, config.batches_per_epoch, config.seed,
+            config.regions_per_batch,
         )
     return FineBatchSampler(labels, config.batch_size, config.related_fraction, config.batches_per_epoch, config.seed)
 
