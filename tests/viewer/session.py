@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 ORTHANC = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 BROWSER_SCRIPT = Path(__file__).with_name("open_sr.js")
+# The browser script launches this executable; playwright-core never downloads one.
+CHROMIUM = "/usr/bin/chromium"
 ORTHANC_START_TIMEOUT_S = 30.0
 BROWSER_TIMEOUT_S = 150.0
 
@@ -139,6 +141,11 @@ def upload_instances(orthanc_port: int, paths: list[Path]) -> None:
 
 def run_browser(cache: Path, settings: dict, out: Path) -> int:
     """Run ``open_sr.js`` with ``settings`` as JSON; return its exit status."""
+    if not Path(CHROMIUM).exists():
+        raise FileNotFoundError(f"{CHROMIUM} is missing; install the Debian package chromium")
+    if not (cache / "node_modules" / "playwright-core").is_dir():
+        raise FileNotFoundError(f"{cache} has no playwright-core; run tests/viewer/setup.sh")
+
     settings_path = out / "browser-settings.json"
     settings_path.write_text(json.dumps(settings, indent=2))
     environment = {**os.environ, "NODE_PATH": str(cache / "node_modules")}
