@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import highdicom as hd
@@ -132,6 +134,21 @@ class SiteCandidate:
     code: Code
     probability: float
     laterality: Code | None = None
+
+    @classmethod
+    def from_site(cls, site: Any, probability: float) -> SiteCandidate:
+        """Build a candidate from a vocabulary ``Site``.
+
+        Parameters
+        ----------
+        site : models.vocabulary.Site
+            Any object with ``code.value``, ``code.scheme``, ``code.meaning``
+            and ``laterality`` (``"left"``, ``"right"``, ``"bilateral"`` or None).
+        probability : float
+            The model's probability for the site.
+        """
+        code = Code(str(site.code.value), str(site.code.scheme), str(site.code.meaning))
+        return cls(code=code, probability=float(probability), laterality=laterality_code(site.laterality))
 
 
 @dataclass(frozen=True)
@@ -273,6 +290,20 @@ def laterality_code(laterality: str | None) -> Code | None:
         ) from None
 
 
+def lesion_tracking_uid(seg_sop_instance_uid: str, segment_number: int, component: int) -> str:
+    """Return the Tracking Unique Identifier of one lesion, the same in every analysis.
+
+    The UID is derived from the SEG instance, segment number and connected
+    component, so a re-analysis of the same SEG (a new model, late instances)
+    tracks the same lesions. A new SEG instance starts new tracking UIDs,
+    because its segments need not describe the same lesions.
+    """
+    # generate_uid joins its entropy sources without a separator, so one
+    # string with separators keeps segment 1 component 21 apart from 12 and 1.
+    key = f"hclal-lesion/{seg_sop_instance_uid}/{int(segment_number)}/{int(component)}"
+    return generate_uid(entropy_srcs=[key])
+
+
 def _finding_site(candidate: SiteCandidate) -> hd.sr.FindingSite:
     return hd.sr.FindingSite(anatomic_location=candidate.code, laterality=candidate.laterality)
 
@@ -403,6 +434,11 @@ def _predecessor_dataset(predecessor: PredecessorReport) -> Dataset:
 def _check_inputs(inputs: ReportInputs) -> None:
     if not inputs.ct_images:
         raise ValueError("ReportInputs.ct_images is empty; the report needs the CT series headers")
+    if not inputs.findings:
+        raise ValueError(
+            "ReportInputs.findings is empty; highdicom's TID 1500 Measurement Report needs at "
+            "least one measurement group, so skip the report for a study without lesions"
+        )
     study_uid = inputs.ct_images[0].StudyInstanceUID
     if inputs.seg.StudyInstanceUID != study_uid:
         raise ValueError(
@@ -438,8 +474,8 @@ def build_measurement_report(inputs: ReportInputs) -> hd.sr.Comprehensive3DSR:
     Raises
     ------
     ValueError
-        If the inputs are inconsistent (no CT headers, SEG of another study,
-        a lesion whose segment the SEG lacks).
+        If the inputs are inconsistent (no CT headers, no lesions, SEG of
+        another study, a lesion whose segment the SEG lacks).
     dicom.contour.ContourError
         If a lesion cannot be outlined on any CT image.
     """
@@ -483,3 +519,23 @@ def build_measurement_report(inputs: ReportInputs) -> hd.sr.Comprehensive3DSR:
         len(inputs.findings), len(groups),
     )
     return document
+
+
+def save_report(document: Dataset, reports_dir: Path) -> Path:
+    """Write an SR as a DICOM file (PS3.10) to ``reports_dir/<Study UID>/<SOP UID>.dcm``.
+
+    The file is written under a temporary name and renamed, so a reader never
+    sees a partial report.
+
+    Returns
+    -------
+    pathlib.Path
+        Path of the written file.
+    """
+    folder = Path(reports_dir) / str(document.StudyInstanceUID)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{document.SOPInstanceUID}.dcm"
+    partial = folder / f"{document.SOPInstanceUID}.dcm.partial"
+    document.save_as(partial, enforce_file_format=True)
+    os.replace(partial, path)
+    return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pydicom
@@ -12,14 +13,17 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage, EnhancedSRStorage
 
-from dicom.contour import polygon_area
+from dicom.contour import ContourError, choose_slice, outline_lesion, polygon_area
 from dicom.sr import (
     SERIES_DESCRIPTION,
     PredecessorReport,
     ReportInputs,
+    SiteCandidate,
     SrSopClass,
     build_measurement_report,
     laterality_code,
+    lesion_tracking_uid,
+    save_report,
 )
 from tests.support.sr_inputs import (
     COLUMN_SPACING,
@@ -27,6 +31,7 @@ from tests.support.sr_inputs import (
     LUNG,
     RIB,
     ROW_SPACING,
+    ROWS,
     make_report_inputs,
 )
 from tests.support.sr_validation import read_tid1500, validate_sr, validators_available
@@ -366,3 +371,87 @@ def test_tid1500reader_reads_sites(tmp_path: Path, inputs: ReportInputs, report:
         assert group["ReferencedSegment"] == finding.lesion.segment_number
         assert group["TrackingUniqueIdentifier"] == finding.tracking_uid
     assert [g["FindingSite"]["CodeValue"] for g in volumetric] == [LIVER.value, RIB.value, LUNG.value]
+
+
+def test_no_findings_rejected(inputs: ReportInputs) -> None:
+    with pytest.raises(ValueError, match="findings is empty"):
+        build_measurement_report(replace(inputs, findings=[]))
+
+
+def test_missing_suv_left_out(inputs: ReportInputs) -> None:
+    lesion = replace(inputs.findings[0].lesion, suv_max=None, suv_mean=None, suv_peak=float("nan"))
+    document = build_measurement_report(
+        replace(inputs, findings=[replace(inputs.findings[0], lesion=lesion)])
+    )
+    group = _groups(document)[0]
+    assert _children(group, SUV) == []
+    assert len(_children(group, VOLUME)) == 1
+
+
+def test_outline_with_flipped_volume_rows(inputs: ReportInputs) -> None:
+    # The same box lesion on a volume whose row axis runs bottom to top: the
+    # outline must land on the same image pixels as with the plain volume.
+    flipped = inputs.ct_affine.copy()
+    flipped[:3, 1] = -inputs.ct_affine[:3, 1]
+    flipped[:3, 3] = inputs.ct_affine[:3, 3] + inputs.ct_affine[:3, 1] * (ROWS - 1)
+    lesion = inputs.findings[1].lesion
+    low_row = ROWS - (lesion.mask_origin[1] + lesion.mask.shape[1])
+    mirrored = replace(
+        lesion,
+        mask=lesion.mask[:, ::-1, :],
+        mask_origin=(lesion.mask_origin[0], low_row, lesion.mask_origin[2]),
+    )
+
+    plain = outline_lesion(lesion.mask, lesion.mask_origin, lesion.centroid_mm, inputs.ct_affine, inputs.ct_images)
+    other = outline_lesion(mirrored.mask, mirrored.mask_origin, lesion.centroid_mm, flipped, inputs.ct_images)
+
+    assert other.image.SOPInstanceUID == plain.image.SOPInstanceUID
+    assert other.area_mm2 == pytest.approx(plain.area_mm2)
+    np.testing.assert_allclose(other.points.min(axis=0), plain.points.min(axis=0))
+    np.testing.assert_allclose(other.points.max(axis=0), plain.points.max(axis=0))
+
+
+def test_ring_lesion_outlined_off_centre() -> None:
+    mask = np.zeros((5, 4, 4), dtype=bool)
+    mask[0:2] = True
+    mask[3:5] = True
+    assert choose_slice(mask, (10, 0, 0), centroid_index=12.0) in (11, 13)
+    assert choose_slice(mask, (10, 0, 0), centroid_index=12.4) == 13
+
+
+def test_outline_needs_matching_ct_image(inputs: ReportInputs) -> None:
+    shifted = inputs.ct_affine.copy()
+    shifted[2, 3] += 1.0
+    lesion = inputs.findings[0].lesion
+    with pytest.raises(ContourError, match="no CT image lies in the plane"):
+        outline_lesion(lesion.mask, lesion.mask_origin, lesion.centroid_mm, shifted, inputs.ct_images)
+
+
+def test_candidate_from_vocabulary_site() -> None:
+    code = SimpleNamespace(value="39607008", scheme="SCT", meaning="Lung")
+    site = SimpleNamespace(id="lung_left", code=code, laterality="left")
+    candidate = SiteCandidate.from_site(site, 0.73)
+    assert candidate.code.value == "39607008"
+    assert candidate.code.scheme_designator == "SCT"
+    assert candidate.code.meaning == "Lung"
+    assert candidate.laterality.value == "7771000"
+    assert candidate.probability == pytest.approx(0.73)
+
+
+def test_save_report_writes_part10_file(tmp_path: Path, report: Dataset) -> None:
+    path = save_report(report, tmp_path / "reports")
+    assert path == tmp_path / "reports" / report.StudyInstanceUID / f"{report.SOPInstanceUID}.dcm"
+    reread = pydicom.dcmread(path)
+    assert reread.SOPInstanceUID == report.SOPInstanceUID
+    assert reread.file_meta.MediaStorageSOPClassUID == Comprehensive3DSRStorage
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_tracking_uid_stable_per_lesion() -> None:
+    first = lesion_tracking_uid("1.2.3.4", 2, 1)
+    assert first == lesion_tracking_uid("1.2.3.4", 2, 1)
+    assert first != lesion_tracking_uid("1.2.3.4", 2, 2)
+    assert lesion_tracking_uid("1.2.3.4", 1, 21) != lesion_tracking_uid("1.2.3.4", 12, 1)
+    assert first != lesion_tracking_uid("1.2.3.5", 2, 1)
+    assert len(first) <= 64
+    assert pydicom.uid.UID(first).is_valid

@@ -24,6 +24,7 @@ from dicom.sr import (
     ReportInputs,
     SiteCandidate,
     laterality_code,
+    lesion_tracking_uid,
 )
 
 SLICES, ROWS, COLUMNS = 8, 32, 32
@@ -195,7 +196,7 @@ def lesions_from_labels(labels: np.ndarray, affine: np.ndarray) -> list[Syntheti
     return lesions
 
 
-def default_findings(lesions: Sequence[SyntheticLesion]) -> list[LesionFinding]:
+def default_findings(lesions: Sequence[SyntheticLesion], seg_uid: str) -> list[LesionFinding]:
     """Return one finding per lesion with a chosen site and two alternatives."""
     choices = [
         (SiteCandidate(LIVER, 0.81), [SiteCandidate(LUNG, 0.12, laterality_code("right"))], False),
@@ -212,7 +213,7 @@ def default_findings(lesions: Sequence[SyntheticLesion]) -> list[LesionFinding]:
         findings.append(
             LesionFinding(
                 lesion=lesion,
-                tracking_uid=generate_uid(),
+                tracking_uid=lesion_tracking_uid(seg_uid, lesion.segment_number, lesion.component),
                 site=site,
                 alternatives=alternatives,
                 uncertain=uncertain,
@@ -232,7 +233,7 @@ def make_report_inputs(patient_name: str = "Doe^Jane", character_set: str | None
         ct_images=ct_images,
         ct_affine=affine,
         seg=seg,
-        findings=default_findings(lesions),
+        findings=default_findings(lesions, seg.SOPInstanceUID),
         algorithm=AlgorithmInfo(
             name="HCL-AL",
             version="0.1.0",
