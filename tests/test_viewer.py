@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
-import subprocess
-import sys
 import urllib.request
 from dataclasses import dataclass
 from email.message import Message
@@ -38,25 +35,26 @@ from tests.viewer.fixtures import (
 )
 from tests.viewer.server import LOOPBACK, start_viewer_server
 from tests.viewer.sr_content import PlanarFinding, instance_numbers, planar_findings
-from tests.viewer.session import free_port, running_orthanc, upload_instances
+from tests.viewer.session import (
+    RegistryUnreachableError,
+    free_port,
+    prepare_viewer_cache,
+    run_isolated_session,
+    running_orthanc,
+    upload_instances,
+)
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-SETUP_SCRIPT = REPOSITORY / "tests" / "viewer" / "setup.sh"
-NPM_REGISTRY_UNREACHABLE = 3
 FINDING_SITE_CONCEPT = "363698007"
-SESSION_TIMEOUT_S = 240
 
 
 @pytest.fixture(scope="module")
 def viewer_cache() -> Path:
     """The cached OHIF build and playwright-core, fetched by setup.sh when missing."""
-    completed = subprocess.run(
-        [str(SETUP_SCRIPT)], capture_output=True, text=True, timeout=600, check=False
-    )
-    if completed.returncode == NPM_REGISTRY_UNREACHABLE:
-        pytest.skip(f"npm registry unreachable, so OHIF cannot be fetched: {completed.stderr}")
-    assert completed.returncode == 0, f"tests/viewer/setup.sh failed:\n{completed.stderr}"
-    return Path(completed.stdout.strip().splitlines()[-1])
+    try:
+        return prepare_viewer_cache()
+    except RegistryUnreachableError as error:
+        pytest.skip(f"npm registry unreachable, so OHIF cannot be fetched: {error}")
 
 
 @dataclass(frozen=True)
@@ -91,35 +89,23 @@ def artifacts_folder() -> Path:
     return folder
 
 
-def run_viewer_session(cache: Path, study: PhantomStudy, out: Path) -> subprocess.CompletedProcess:
-    """Run tests.viewer.session inside ``unshare -n`` with only loopback up."""
-    session = [
-        sys.executable, "-m", "tests.viewer.session",
-        "--cache", str(cache),
-        "--out", str(out),
-        "--study-uid", study.study_instance_uid,
-        "--sr-series-number", str(WORKER_SR_SERIES_NUMBER),
-        "--sr-series-number", str(OUTLINE_SR_SERIES_NUMBER),
-    ]
-    for finding in planar_findings(study.worker_sr_path):
-        session += ["--expect-site", finding.finding_site]
-    session += [str(path) for path in study.paths]
-
-    inner = "ip link set lo up && exec " + shlex.join(session)
-    return subprocess.run(
-        ["unshare", "--net", "sh", "-c", inner],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
-        timeout=SESSION_TIMEOUT_S,
-        check=False,
-    )
-
-
 def fetch(url: str) -> tuple[Message, bytes]:
     """GET ``url`` and return the response headers and body."""
     with urllib.request.urlopen(url, timeout=10) as response:
         return response.headers, response.read()
+
+
+def test_setup_reports_unreachable_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An empty cache and a registry on a closed loopback port: no request leaves the host.
+    monkeypatch.setenv("HCLAL_TEST_VIEWER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("npm_config_registry", f"http://{LOOPBACK}:{free_port()}/")
+
+    with pytest.raises(RegistryUnreachableError, match="unreachable"):
+        prepare_viewer_cache()
+
+    assert not (tmp_path / "cache").exists()
 
 
 @pytest.mark.orthanc
@@ -160,11 +146,17 @@ def viewer_run(viewer_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     study = write_phantom_study(tmp_path_factory.mktemp("study"))
     out = artifacts_folder()
 
-    completed = run_viewer_session(viewer_cache, study, out)
+    sites = [finding.finding_site for finding in planar_findings(study.worker_sr_path)]
+    completed, summary = run_isolated_session(
+        viewer_cache,
+        study.study_instance_uid,
+        study.paths,
+        [WORKER_SR_SERIES_NUMBER, OUTLINE_SR_SERIES_NUMBER],
+        sites,
+        out,
+    )
 
-    summary_path = out / "summary.json"
-    assert summary_path.is_file(), f"no summary.json; session output:\n{completed.stderr[-4000:]}"
-    summary = json.loads(summary_path.read_text())
+    assert summary is not None, f"no summary.json; session output:\n{completed.stderr[-4000:]}"
     assert "error" not in summary, summary.get("error")
     assert completed.returncode in (0, 1), completed.stderr[-4000:]
     reports = {report["seriesNumber"]: report for report in summary["reports"]}
