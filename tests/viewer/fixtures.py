@@ -31,6 +31,7 @@ from dicom.sr import (
     ReportInputs,
     SiteCandidate,
     build_measurement_report,
+    lesion_tracking_uid,
 )
 from tests.support.sr_inputs import SyntheticLesion
 
@@ -295,7 +296,7 @@ def build_worker_report(ct_datasets: list[Dataset], seg: Dataset) -> Dataset:
     findings = [
         LesionFinding(
             lesion=lesion_measurement(number, lesion, affine),
-            tracking_uid=generate_uid(),
+            tracking_uid=lesion_tracking_uid(seg.SOPInstanceUID, number, 1),
             site=SiteCandidate(lesion.finding_site, SITE_PROBABILITY),
             alternatives=alternatives,
         )

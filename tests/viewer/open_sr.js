@@ -127,6 +127,22 @@ async function sliceLabel(page) {
   }
 }
 
+// Wait until the viewport shows another slice than `slice`, then give its labels 500 ms.
+// Two measurements on one slice never change it, so the wait then ends after 5 s.
+async function waitForSliceChange(page, slice) {
+  await page
+    .waitForFunction(
+      previous => {
+        const overlay = document.querySelector('[data-cy="viewport-overlay-bottom-right"]');
+        return overlay && overlay.innerText.trim() !== previous;
+      },
+      slice,
+      { timeout: 5000 },
+    )
+    .catch(() => {});
+  await page.waitForTimeout(500);
+}
+
 // Visit the SR's measurements with the viewport's "next" arrow and record the labels
 // drawn on each slice. Stop when every expected site was seen, or after one visit
 // more than the number of expected sites.
@@ -140,6 +156,7 @@ async function collectMeasurementLabels(page, expectedSites, report, screenshotP
 
     if (missingSites(expectedSites, visits).length === 0) break;
 
+    const slice = visits[visits.length - 1].slice;
     try {
       await page.locator('[data-cy="viewport-action-arrows-right"]').first().click({
         timeout: 5000,
@@ -148,7 +165,7 @@ async function collectMeasurementLabels(page, expectedSites, report, screenshotP
       report.navigationFailed = true;
       break;
     }
-    await page.waitForTimeout(500);
+    await waitForSliceChange(page, slice);
   }
   return visits;
 }
