@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import pytest
 import torch
@@ -20,39 +18,8 @@ from models.crop import (
     volume_channel,
 )
 
-try:
-    from dicom.volume import Volume
-except ImportError:  # the volume module is developed in parallel; same documented fields
-
-    @dataclass(frozen=True)
-    class Volume:  # type: ignore[no-redef]
-        array: np.ndarray
-        affine: np.ndarray
-        series_instance_uid: str = "1.2.3"
-        frame_of_reference_uid: str = "1.2.3.4"
-        modality: str = "CT"
-
-
-try:
-    from dicom.lesions import LesionMeasurement
-except ImportError:
-
-    @dataclass
-    class LesionMeasurement:  # type: ignore[no-redef]
-        segment_number: int
-        segment_label: str
-        component: int
-        centroid_mm: tuple[float, float, float]
-        bbox_mm: tuple[float, float, float, float, float, float]
-        volume_ml: float
-        voxels: int
-        suv_max: float | None
-        suv_mean: float | None
-        suv_peak: float | None
-        hu_mean: float | None
-        mask: np.ndarray = field(repr=False)
-        mask_origin: tuple[int, int, int]
-        suv_max_index_mm: tuple[float, float, float]
+from dicom.lesions import LesionMeasurement
+from dicom.volume import Volume
 
 
 SPEC = CropSpec(size=(16, 12, 8), spacing=(2.0, 2.0, 3.0), normalizers=(CT_NORMALIZER, PET_NORMALIZER, None))
