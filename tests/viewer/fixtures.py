@@ -290,7 +290,7 @@ def lesion_volume_ml(lesion: PhantomLesion) -> float:
 def lesion_measurement(
     number: int, lesion: PhantomLesion, affine: np.ndarray
 ) -> SyntheticLesion:
-    """Return the lesion's measurements as the lesion stage would; SUVmean and peak are made up."""
+    """Return the lesion's measurements as the lesion stage would, SUVmean and SUVpeak as fixed fractions of SUVmax."""
     slices, rows, columns = np.mgrid[0:SLICES, 0:ROWS, 0:COLUMNS]
     centre_mm = affine @ np.array([*lesion.centre, 1.0])
     return SyntheticLesion(
@@ -346,7 +346,7 @@ def build_worker_report(
 def build_outline_report(worker_report: Dataset) -> Dataset:
     """Copy the worker's report as a new SR that keeps only the planar groups (TID 1410).
 
-    Each planar group then holds one lesion's outline, its area and its Finding Site,
+    Each planar group then contains one lesion's outline, its area and its Finding Site,
     and no other group shares its Tracking Unique Identifier.
     """
     report = copy.deepcopy(worker_report)
