@@ -290,7 +290,10 @@ def lesion_volume_ml(lesion: PhantomLesion) -> float:
 def lesion_measurement(
     number: int, lesion: PhantomLesion, affine: np.ndarray
 ) -> SyntheticLesion:
-    """Return the lesion's measurements as the lesion stage would, SUVmean and SUVpeak as fixed fractions of SUVmax."""
+    """Return the lesion's measurements as the lesion stage would.
+
+    SUVmean and SUVpeak are fixed fractions of the lesion's SUVmax.
+    """
     slices, rows, columns = np.mgrid[0:SLICES, 0:ROWS, 0:COLUMNS]
     centre_mm = affine @ np.array([*lesion.centre, 1.0])
     return SyntheticLesion(
