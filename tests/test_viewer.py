@@ -1,15 +1,16 @@
 """The worker's findings in a real web viewer: OHIF 3.13 over Orthanc DICOMweb in Chromium.
 
-One browser session stores a phantom CT series, its SEG and two SRs in Orthanc and
-opens the study in OHIF in headless Chromium: the report that ``dicom.sr`` builds,
-and an outline-only report with the same outlines and sites. It loads each SR and
-records the labels drawn on each lesion's slice; the tests check them. Orthanc, the
-web server and Chromium run in a network namespace with only the loopback
-interface (``unshare -n``). The screenshots and ``summary.json`` are kept in
-``$HCLAL_TEST_ARTIFACTS/viewer`` (default ``artifacts/viewer`` at the repository root).
+One browser session stores a phantom CT series, its SEG and three SRs in Orthanc
+and opens the study in OHIF in headless Chromium. The SRs are the report that
+``dicom.sr`` builds, the same report as an Enhanced SR, and an outline-only copy.
+It loads each SR and records the labels drawn on each lesion's slice; the tests
+check them. Orthanc, the web server and Chromium run in a network namespace with
+only the loopback interface (``unshare -n``). The screenshots and ``summary.json``
+are kept in ``$HCLAL_TEST_ARTIFACTS/viewer`` (default ``artifacts/viewer`` at the
+repository root).
 
-A faster test checks the web server alone: OHIF routes, MIME types and the
-DICOMweb proxy to a real Orthanc.
+Faster tests check the web server alone (OHIF routes, MIME types and the DICOMweb
+proxy to a real Orthanc) and set-up without a registry.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pytest
 
 from dicom.sr import SERIES_DESCRIPTION
 from tests.viewer.fixtures import (
+    FALLBACK_SR_SERIES_NUMBER,
     OUTLINE_SR_SERIES_NUMBER,
     SITE_PROBABILITY,
     WORKER_SR_SERIES_NUMBER,
@@ -137,12 +139,12 @@ def test_server_proxies_dicomweb(tmp_path: Path) -> None:
     assert study_uids == [study.study_instance_uid]
     series = json.loads(series_body)
     modalities = sorted(item["00080060"]["Value"][0] for item in series)
-    assert modalities == ["CT", "SEG", "SR", "SR"]
+    assert modalities == ["CT", "SEG", "SR", "SR", "SR"]
 
 
 @pytest.fixture(scope="module")
 def viewer_run(viewer_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> ViewerRun:
-    """One OHIF session over the phantom study with both SRs; its summary and artifacts."""
+    """One OHIF session over the phantom study with its three SRs; summary and artifacts."""
     study = write_phantom_study(tmp_path_factory.mktemp("study"))
     out = artifacts_folder()
 
@@ -151,7 +153,7 @@ def viewer_run(viewer_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         viewer_cache,
         study.study_instance_uid,
         study.paths,
-        [WORKER_SR_SERIES_NUMBER, OUTLINE_SR_SERIES_NUMBER],
+        [WORKER_SR_SERIES_NUMBER, OUTLINE_SR_SERIES_NUMBER, FALLBACK_SR_SERIES_NUMBER],
         sites,
         out,
     )
@@ -222,6 +224,19 @@ def test_ohif_labels_worker_report_measurements(viewer_run: ViewerRun) -> None:
         assert lines[0] == f"Volume: {lesion_volume_ml(lesion):.2f} ml"
         assert lines[1] == f"Standardized Uptake Value: {lesion.suv_max:.2f} {{SUVbw}}g/ml"
         assert f"Probability: {SITE_PROBABILITY:.2f} 1" in lines
+
+
+@pytest.mark.browser
+@pytest.mark.orthanc
+@pytest.mark.slow
+def test_ohif_labels_fallback_report_alike(viewer_run: ViewerRun) -> None:
+    # The Enhanced SR that goes to destinations without Comprehensive 3D SR support.
+    study = viewer_run.study
+    primary = viewer_run.labels_at_findings(WORKER_SR_SERIES_NUMBER, study.worker_sr_path)
+    fallback = viewer_run.labels_at_findings(FALLBACK_SR_SERIES_NUMBER, study.fallback_sr_path)
+
+    assert len(fallback) == len(study.lesions)
+    assert [lines for _, lines in fallback] == [lines for _, lines in primary]
 
 
 @pytest.mark.browser

@@ -1,14 +1,16 @@
-"""A small CT study with a SEG and two SRs for the viewer test.
+"""A small CT study with a SEG and three SRs for the viewer test.
 
 The CT is a water cylinder with two spherical lesions. The SEG has one segment per
-lesion. Both SRs are TID 1500 Measurement Reports built from the phantom's true
+lesion. All SRs are TID 1500 Measurement Reports built from the phantom's true
 lesion masks, each lesion at its true Finding Site:
 
 - the worker's report, from ``dicom.sr.build_measurement_report``: per lesion a
   volumetric group (volume, SUVs, site probabilities) and a planar group that share
   the Tracking Unique Identifier;
 - an outline-only report: a copy of the worker's report with only the planar groups
-  (TID 1410), each holding one lesion's outline, its area and its Finding Site.
+  (TID 1410), each holding one lesion's outline, its area and its Finding Site;
+- the worker's report in its fallback SOP class, Enhanced SR, which the worker
+  sends to a destination that rejects Comprehensive 3D SR.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dicom.sr import (
     LesionFinding,
     ReportInputs,
     SiteCandidate,
+    SrSopClass,
     build_measurement_report,
     lesion_tracking_uid,
 )
@@ -62,6 +65,7 @@ SITE_PROBABILITY = 0.9
 ALTERNATIVE_SITES = ((codes.SCT.Kidney, 0.05), (codes.SCT.Stomach, 0.03))
 WORKER_SR_SERIES_NUMBER = 9001
 OUTLINE_SR_SERIES_NUMBER = 9002
+FALLBACK_SR_SERIES_NUMBER = 9003
 
 
 @dataclass(frozen=True)
@@ -73,12 +77,14 @@ class PhantomStudy:
     seg_path: Path
     worker_sr_path: Path
     outline_sr_path: Path
+    fallback_sr_path: Path
     lesions: tuple[PhantomLesion, ...]
 
     @property
     def paths(self) -> list[Path]:
         """Every file of the study."""
-        return [*self.ct_paths, self.seg_path, self.worker_sr_path, self.outline_sr_path]
+        reports = [self.worker_sr_path, self.outline_sr_path, self.fallback_sr_path]
+        return [*self.ct_paths, self.seg_path, *reports]
 
 
 def write_phantom_study(folder: Path) -> PhantomStudy:
@@ -113,9 +119,20 @@ def write_phantom_study(folder: Path) -> PhantomStudy:
     worker_report.save_as(worker_sr_path)
     outline_sr_path = folder / "sr-outlines.dcm"
     build_outline_report(worker_report).save_as(outline_sr_path)
+    fallback_sr_path = folder / "sr-worker-enhanced.dcm"
+    fallback = build_worker_report(
+        ct_datasets, seg, SrSopClass.ENHANCED, FALLBACK_SR_SERIES_NUMBER
+    )
+    fallback.save_as(fallback_sr_path)
 
     return PhantomStudy(
-        study_instance_uid, ct_paths, seg_path, worker_sr_path, outline_sr_path, LESIONS
+        study_instance_uid,
+        ct_paths,
+        seg_path,
+        worker_sr_path,
+        outline_sr_path,
+        fallback_sr_path,
+        LESIONS,
     )
 
 
@@ -273,7 +290,10 @@ def lesion_volume_ml(lesion: PhantomLesion) -> float:
 def lesion_measurement(
     number: int, lesion: PhantomLesion, affine: np.ndarray
 ) -> SyntheticLesion:
-    """Return the lesion's measurements as the lesion stage would; SUVmean and peak are made up."""
+    """Return the lesion's measurements as the lesion stage would.
+
+    SUVmean and SUVpeak are fixed fractions of the lesion's SUVmax.
+    """
     slices, rows, columns = np.mgrid[0:SLICES, 0:ROWS, 0:COLUMNS]
     centre_mm = affine @ np.array([*lesion.centre, 1.0])
     return SyntheticLesion(
@@ -289,7 +309,12 @@ def lesion_measurement(
     )
 
 
-def build_worker_report(ct_datasets: list[Dataset], seg: Dataset) -> Dataset:
+def build_worker_report(
+    ct_datasets: list[Dataset],
+    seg: Dataset,
+    sop_class: SrSopClass = SrSopClass.COMPREHENSIVE_3D,
+    series_number: int = WORKER_SR_SERIES_NUMBER,
+) -> Dataset:
     """Build the worker's SR for the phantom with ``dicom.sr``, each lesion at its true site."""
     affine = ct_affine(ct_datasets)
     alternatives = [SiteCandidate(code, probability) for code, probability in ALTERNATIVE_SITES]
@@ -315,7 +340,8 @@ def build_worker_report(ct_datasets: list[Dataset], seg: Dataset) -> Dataset:
         seg=seg,
         findings=findings,
         algorithm=algorithm,
-        series_number=WORKER_SR_SERIES_NUMBER,
+        sop_class=sop_class,
+        series_number=series_number,
     )
     return build_measurement_report(inputs)
 
@@ -323,7 +349,7 @@ def build_worker_report(ct_datasets: list[Dataset], seg: Dataset) -> Dataset:
 def build_outline_report(worker_report: Dataset) -> Dataset:
     """Copy the worker's report as a new SR that keeps only the planar groups (TID 1410).
 
-    Each planar group then holds one lesion's outline, its area and its Finding Site,
+    Each planar group then contains one lesion's outline, its area and its Finding Site,
     and no other group shares its Tracking Unique Identifier.
     """
     report = copy.deepcopy(worker_report)

@@ -234,7 +234,7 @@ def run_isolated_session(
     expected_sites: list[str],
     out: Path,
 ) -> tuple[subprocess.CompletedProcess, dict | None]:
-    """Run a session in a new network namespace (``unshare -n``, needs root).
+    """Run a session in a new network namespace (``unshare -n``).
 
     Returns the completed process and the browser script's summary, or None when the
     session ended before the browser script wrote one (the process output says why).
@@ -251,9 +251,13 @@ def run_isolated_session(
         command += ["--expect-site", site]
     command += [str(path) for path in files]
 
+    # Without root, a user namespace (--map-root-user) grants the right to create
+    # the network namespace, where the kernel allows unprivileged user namespaces.
+    # NOTE: only the namespace set-up was tried without root, not a whole session.
+    unshare = ["unshare", "--net"] if os.geteuid() == 0 else ["unshare", "--map-root-user", "--net"]
     inner = "ip link set lo up && exec " + shlex.join(command)
     completed = subprocess.run(
-        ["unshare", "--net", "sh", "-c", inner],
+        [*unshare, "sh", "-c", inner],
         cwd=REPOSITORY,
         capture_output=True,
         text=True,
