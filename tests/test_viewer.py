@@ -2,7 +2,7 @@
 
 One browser session stores a phantom CT series, its SEG and three SRs in Orthanc
 and opens the study in OHIF in headless Chromium. The SRs are the report that
-``dicom.sr`` builds, the same report as an Enhanced SR, and an outline-only copy.
+``dicom.sr`` builds, the same report as an Enhanced SR, and the outline document.
 It loads each SR and records the labels drawn on each lesion's slice; the tests
 check them. Orthanc, the web server and Chromium run in a network namespace with
 only the loopback interface (``unshare -n``). The screenshots and ``summary.json``

@@ -157,6 +157,10 @@ def _store_results(engine, context, inputs, predictions, report_file, localizer)
                 context.predecessor.sop_instance_uid if context.predecessor else None
             ),
             file_path=str(report_file.path),
+            fallback_sop_instance_uid=report_file.fallback_sop_instance_uid,
+            fallback_file_path=str(report_file.fallback_path),
+            outline_sop_instance_uid=report_file.outline_sop_instance_uid,
+            outline_file_path=str(report_file.outline_path),
         )
         session.add(report)
         analysis.coarse_model = model_name(localizer, "coarse")

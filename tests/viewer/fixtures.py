@@ -7,15 +7,14 @@ lesion masks, each lesion at its true Finding Site:
 - the worker's report, from ``dicom.sr.build_measurement_report``: per lesion a
   volumetric group (volume, SUVs, site probabilities) and a planar group that share
   the Tracking Unique Identifier;
-- an outline-only report: a copy of the worker's report with only the planar groups
-  (TID 1410), each holding one lesion's outline, its area and its Finding Site;
+- the worker's outline document (``outlines_only``, Enhanced SR): only the planar
+  groups (TID 1410), each holding one lesion's outline, its area and its Finding Site;
 - the worker's report in its fallback SOP class, Enhanced SR, which the worker
   sends to a destination that rejects Comprehensive 3D SR.
 """
 
 from __future__ import annotations
 
-import copy
 import datetime
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,8 @@ from pydicom.sr.coding import Code
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from dicom.sr import (
+    OUTLINE_SERIES_DESCRIPTION,
+    SERIES_DESCRIPTION,
     AlgorithmInfo,
     LesionFinding,
     ReportInputs,
@@ -118,7 +119,9 @@ def write_phantom_study(folder: Path) -> PhantomStudy:
     worker_sr_path = folder / "sr-worker.dcm"
     worker_report.save_as(worker_sr_path)
     outline_sr_path = folder / "sr-outlines.dcm"
-    build_outline_report(worker_report).save_as(outline_sr_path)
+    build_worker_report(
+        ct_datasets, seg, SrSopClass.ENHANCED, OUTLINE_SR_SERIES_NUMBER, outlines_only=True
+    ).save_as(outline_sr_path)
     fallback_sr_path = folder / "sr-worker-enhanced.dcm"
     fallback = build_worker_report(
         ct_datasets, seg, SrSopClass.ENHANCED, FALLBACK_SR_SERIES_NUMBER
@@ -314,8 +317,12 @@ def build_worker_report(
     seg: Dataset,
     sop_class: SrSopClass = SrSopClass.COMPREHENSIVE_3D,
     series_number: int = WORKER_SR_SERIES_NUMBER,
+    outlines_only: bool = False,
 ) -> Dataset:
-    """Build the worker's SR for the phantom with ``dicom.sr``, each lesion at its true site."""
+    """Build the worker's SR for the phantom with ``dicom.sr``, each lesion at its true site.
+
+    With ``outlines_only`` it is the worker's outline document: planar groups only.
+    """
     affine = ct_affine(ct_datasets)
     alternatives = [SiteCandidate(code, probability) for code, probability in ALTERNATIVE_SITES]
     findings = [
@@ -342,29 +349,7 @@ def build_worker_report(
         algorithm=algorithm,
         sop_class=sop_class,
         series_number=series_number,
+        outlines_only=outlines_only,
+        series_description=OUTLINE_SERIES_DESCRIPTION if outlines_only else SERIES_DESCRIPTION,
     )
     return build_measurement_report(inputs)
-
-
-def build_outline_report(worker_report: Dataset) -> Dataset:
-    """Copy the worker's report as a new SR that keeps only the planar groups (TID 1410).
-
-    Each planar group then contains one lesion's outline, its area and its Finding Site,
-    and no other group shares its Tracking Unique Identifier.
-    """
-    report = copy.deepcopy(worker_report)
-    for container in report.ContentSequence:
-        if container.ConceptNameCodeSequence[0].CodeMeaning != "Imaging Measurements":
-            continue
-        container.ContentSequence = [
-            group
-            for group in container.ContentSequence
-            if any(item.ValueType == "SCOORD" for item in group.ContentSequence)
-        ]
-
-    report.SeriesInstanceUID = generate_uid()
-    report.SOPInstanceUID = generate_uid()
-    report.file_meta.MediaStorageSOPInstanceUID = report.SOPInstanceUID
-    report.SeriesNumber = OUTLINE_SR_SERIES_NUMBER
-    report.SeriesDescription = "HCL-AL lesion outlines"
-    return report
