@@ -52,11 +52,10 @@ def package_version() -> str:
 
 
 def tracking_uid(study_uid: str, inputs: "StudyInputs", lesion) -> str:  # noqa: ANN001
-    """Return a Tracking UID that stays the same for this lesion across re-analyses."""
-    seg_uid = str(inputs.seg.SOPInstanceUID) if inputs.seg is not None else ""
-    return generate_uid(
-        entropy_srcs=[study_uid, seg_uid, str(lesion.segment_number), str(lesion.component)]
-    )
+    """Return the lesion's Tracking UID: the same in every re-analysis of the same SEG."""
+    from dicom.sr import lesion_tracking_uid
+
+    return lesion_tracking_uid(str(inputs.seg.SOPInstanceUID), lesion.segment_number, lesion.component)
 
 
 def device_uid(settings: Settings) -> str:
