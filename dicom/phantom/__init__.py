@@ -2,7 +2,7 @@
 
 The phantom is analytic anatomy (ellipsoids, cylinders, capsules and cut planes) painted
 into a label map whose labels are fine sites of the project vocabulary, so the anatomical
-site of every body voxel is known. About 300 leaf sites of all eight body regions (304 for
+site of every body voxel is known. About 330 leaf sites of all eight body regions (326 for
 seeds 0 to 7) can contain a lesion: left and right organs, Couinaud liver segments, lung segments,
 every vertebra from C1 to L5, all 24 ribs, and nodal stations of the neck, mediastinum,
 abdomen and pelvis. Body proportions, sex, organ positions, lesion sites, sizes and
