@@ -25,8 +25,8 @@ Entry points
 ``build_phantom_volumes(seed, lesions)``
     Build the same CT (HU) and PET (Bq/ml and SUV) arrays in memory, without DICOM, with
     the label map (``volumes.anatomy.labels``, site ids in ``volumes.anatomy.site_ids``)
-    and grid affines. ``volumes.as_volumes(StudyUids.for_seed(seed))`` returns them as
-    ``dicom.volume.Volume`` objects.
+    and grid affines. ``volumes.as_volumes()`` returns them as ``dicom.volume.Volume``
+    objects with the UIDs that ``generate_study`` writes for the same seed.
 ``sample_lesion(site_id, rng, sampler=None)``
     Draw a lesion (centre, diameter, SUVmax, HU) inside a leaf site, on the anatomy of
     seed 0 unless a sampler (``build_anatomy(seed).sampler``) is given; pass such lesions
