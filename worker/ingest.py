@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +36,23 @@ SQLITE_LOCKED_RETRIES = 3
 
 _LOCK_STRIPES = 64
 _T = TypeVar("_T")
+
+_SQLITE_WRITE_LOCKS: dict[str, threading.Lock] = {}
+_SQLITE_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+def write_lock(engine: Engine) -> AbstractContextManager:
+    """Return the lock that this process's writers to ``engine`` hold around a transaction.
+
+    SQLite has one writer at a time, and a transaction that reads before it writes
+    fails at once (SQLITE_BUSY) if another connection committed in between, so the
+    SCP's threads take turns. Other databases get a no-op context.
+    """
+    if engine.dialect.name != "sqlite":
+        return nullcontext()
+    key = engine.url.render_as_string(hide_password=False)
+    with _SQLITE_WRITE_LOCKS_GUARD:
+        return _SQLITE_WRITE_LOCKS.setdefault(key, threading.Lock())
 
 
 class StoreOutcome(str, enum.Enum):
@@ -142,8 +159,6 @@ class InstanceStore:
         self.spool = spool
         self._sop_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._is_sqlite = engine.dialect.name == "sqlite"
-        # SQLite has one writer at a time; taking turns here avoids busy waits in the driver.
-        self._sqlite_write_lock = threading.Lock()
         # Series Instance UID -> series.id; series rows never change once written.
         self._series_ids: dict[str, int] = {}
 
@@ -298,7 +313,7 @@ class InstanceStore:
 
         for attempt in range(1, SQLITE_LOCKED_RETRIES + 1):
             try:
-                with self._sqlite_write_lock, self.engine.begin() as connection:
+                with write_lock(self.engine), self.engine.begin() as connection:
                     return work(connection)
             except OperationalError as exc:
                 if "locked" not in str(exc.orig) or attempt == SQLITE_LOCKED_RETRIES:
