@@ -41,15 +41,15 @@ from dicom.network.scp import (
     accepted_transfer_syntaxes,
 )
 from tests.support.dcmtk import require_dcmtk_tool
-from tests.support.dicom_factory import ct_series, write, write_all
+from tests.support.dicom_factory import ct_series, dataset_bytes, write, write_all
 from tests.support.receiver import (
     Receiver,
+    file_size_limit,
     free_port,
     receiver_settings,
     running_receiver,
     scp_command,
 )
-from tests.test_spool import file_size_limit
 from worker.config import Settings
 from worker.db.models import Event, Instance, Series, Study
 
@@ -74,16 +74,6 @@ STORESCU_PROPOSALS = {
 def receiver(tmp_path: Path, sqlite_url: str):
     with running_receiver(receiver_settings(tmp_path / "data", sqlite_url)) as running:
         yield running
-
-
-def dataset_bytes(data: bytes) -> bytes:
-    """Return the data set after the File Meta Information of a PS3.10 file's bytes.
-
-    (0002,0000) File Meta Information Group Length comes first (PS3.10 7.1), so its
-    value at byte 140 gives where the data set starts.
-    """
-    group_length = int.from_bytes(data[140:144], "little")
-    return data[144 + group_length :]
 
 
 def scu(*contexts: tuple[str, list[str]], ae_title: str = "TESTSCU") -> AE:
