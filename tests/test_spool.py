@@ -176,3 +176,16 @@ def test_identity_repr_hides_patient() -> None:
     assert "TEST-0001" not in repr(identity)
     assert "19600101" not in repr(identity)
     assert ds.SOPInstanceUID in repr(identity)
+
+
+def test_partial_files_removed_at_start(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    kept = spool.write_instance(b"complete", "1.2.3", "1.2.3.4", "1.2.3.4.5")
+    partial = kept.path.parent / f".1.2.3.4.6.dcm.x1y2{PARTIAL_SUFFIX}"
+    partial.write_bytes(b"half")
+
+    removed = spool.remove_partial_files()
+
+    assert removed == 1
+    assert not partial.exists()
+    assert kept.path.read_bytes() == b"complete"

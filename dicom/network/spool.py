@@ -132,6 +132,18 @@ class Spool:
         destination = self.root / CONFLICTS_FOLDER / f"{uid}.{digest[:16]}.dcm"
         return self.write(data, destination)
 
+    def remove_partial_files(self) -> int:
+        """Delete the ``.part`` files that a crash left mid-write; return how many.
+
+        Call it only while no instance is being written, e.g. before the SCP starts.
+        """
+        partial = list(self.root.rglob(f".*{PARTIAL_SUFFIX}"))
+        for path in partial:
+            _remove_quietly(path)
+        if partial:
+            LOGGER.warning("removed %d partial files left in the spool %s", len(partial), self.root)
+        return len(partial)
+
     def remove(self, path: Path) -> None:
         """Delete a spooled file, e.g. after its database row could not be committed."""
         _remove_quietly(path)
