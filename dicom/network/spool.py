@@ -1,11 +1,12 @@
 """Atomic file store of received DICOM instances.
 
-Every instance is written as the bytes the peer sent (preamble, File Meta
-Information and the encoded data set, PS3.10 section 7) to a temporary file in
-the spool, flushed to disk and renamed into ``<Study>/<Series>/<SOP>.dcm``, so a
-reader never sees a partial file and a crash leaves at most a ``.part`` file.
-A different data set under an already stored SOP Instance UID goes to
-``conflicts/`` and never replaces the stored file.
+Every instance is written as the bytes the peer sent: preamble, File Meta
+Information and the encoded data set (PS3.10 section 7). The bytes go to a
+temporary file in the spool, are flushed to disk and then renamed into
+``<Study>/<Series>/<SOP>.dcm``. A reader therefore never sees a partial file,
+and a crash leaves at most a hidden ``.part`` file. The caller keeps a
+different data set under an already stored SOP Instance UID apart in
+``conflicts/`` (:meth:`Spool.write_conflict`).
 """
 
 from __future__ import annotations
