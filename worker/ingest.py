@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -33,6 +33,9 @@ LOGGER = logging.getLogger(__name__)
 # SQLite raises "database is locked" when another process holds the write lock for
 # longer than the busy timeout; the transaction is retried this many times.
 SQLITE_LOCKED_RETRIES = 3
+
+# Granularity of study.last_received_at, which only the quiet period reads.
+LAST_RECEIVED_RESOLUTION = timedelta(seconds=1)
 
 _LOCK_STRIPES = 64
 _T = TypeVar("_T")
@@ -346,15 +349,15 @@ def _upsert_study(
 ) -> tuple[int, StudyState]:
     """Return the id and state of the study, inserting its row first if it is new.
 
-    The UPDATE comes first because the study exists for all but its first instance.
+    ``last_received_at`` moves forward only when it is more than
+    ``LAST_RECEIVED_RESOLUTION`` old. Updating it for every instance would lock
+    the study row until each commit and so serialise all associations that send
+    the same study.
     """
-    update_study = (
-        update(Study)
-        .where(Study.study_instance_uid == identity.study_instance_uid)
-        .values(last_received_at=now)
-        .returning(Study.id, Study.state)
+    select_study = select(Study.id, Study.state).where(
+        Study.study_instance_uid == identity.study_instance_uid
     )
-    row = connection.execute(update_study).one_or_none()
+    row = connection.execute(select_study).one_or_none()
     if row is None:
         _insert_ignoring_conflict(
             connection,
@@ -373,7 +376,13 @@ def _upsert_study(
                 "last_received_at": now,
             },
         )
-        row = connection.execute(update_study).one()
+        row = connection.execute(select_study).one()
+
+    connection.execute(
+        update(Study)
+        .where(Study.id == row.id, Study.last_received_at < now - LAST_RECEIVED_RESOLUTION)
+        .values(last_received_at=now)
+    )
     return row.id, StudyState(row.state)
 
 
