@@ -16,9 +16,8 @@ from pynetdicom.sop_class import CTImageStorage, SegmentationStorage
 from sqlalchemy import select, update
 
 from dicom.network.spool import Spool
-from tests.support.dicom_factory import ct_series, segmentation
-from tests.support.receiver import receiver_settings, running_receiver
-from tests.test_spool import encoded, identity_of
+from tests.support.dicom_factory import ct_series, encoded, segmentation
+from tests.support.receiver import identity_of, receiver_settings, running_receiver
 from worker.completeness import CompletenessTracker, QuietPeriodMonitor, referenced_instances
 from worker.config import load_settings
 from worker.db.models import Analysis, AnalysisState, Event, Study, StudyState, utcnow

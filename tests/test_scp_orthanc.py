@@ -10,10 +10,9 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import select
 
-from tests.support.dicom_factory import ct_series, segmentation, write_all
+from tests.support.dicom_factory import ct_series, dataset_bytes, segmentation, write_all
 from tests.support.orthanc import OrthancError, OrthancServer, start_orthanc
 from tests.support.receiver import Receiver, receiver_settings, running_receiver
-from tests.test_scp import dataset_bytes
 from worker.db.models import Analysis, Instance
 
 pytestmark = pytest.mark.orthanc

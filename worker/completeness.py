@@ -40,7 +40,7 @@ from worker.db.models import (
     utcnow,
 )
 from worker.db.session import session_scope
-from worker.ingest import StoreOutcome, StoreResult
+from worker.ingest import StoreOutcome, StoreResult, write_lock
 
 LOGGER = logging.getLogger(__name__)
 
@@ -312,7 +312,7 @@ class CompletenessTracker:
         self, study_uid: str, trigger: str, reason: str, seg_series_uid: str | None = None
     ) -> int | None:
         """Complete the study and add a queued analysis, at most once per completion."""
-        with self._queue_lock, session_scope(self.engine) as session:
+        with self._queue_lock, write_lock(self.engine), session_scope(self.engine) as session:
             study = session.scalars(
                 select(Study).where(Study.study_instance_uid == study_uid).with_for_update()
             ).one()
@@ -360,7 +360,7 @@ class CompletenessTracker:
             self._enqueue(analysis_id)
         except Exception as exc:  # noqa: BLE001 - the instance is stored; the row stays queued
             LOGGER.exception("could not enqueue analysis %d of study %s", analysis_id, study_uid)
-            with session_scope(self.engine) as session:
+            with write_lock(self.engine), session_scope(self.engine) as session:
                 session.add(
                     Event(
                         kind="enqueue_failed",

@@ -14,9 +14,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -34,8 +34,28 @@ LOGGER = logging.getLogger(__name__)
 # longer than the busy timeout; the transaction is retried this many times.
 SQLITE_LOCKED_RETRIES = 3
 
+# Granularity of study.last_received_at, which only the quiet period reads.
+LAST_RECEIVED_RESOLUTION = timedelta(seconds=1)
+
 _LOCK_STRIPES = 64
 _T = TypeVar("_T")
+
+_SQLITE_WRITE_LOCKS: dict[str, threading.Lock] = {}
+_SQLITE_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+def write_lock(engine: Engine) -> AbstractContextManager:
+    """Return the lock that this process's writers to ``engine`` hold around a transaction.
+
+    SQLite has one writer at a time, and a transaction that reads before it writes
+    fails at once (SQLITE_BUSY) if another connection committed in between, so the
+    SCP's threads take turns. Other databases get a no-op context.
+    """
+    if engine.dialect.name != "sqlite":
+        return nullcontext()
+    key = engine.url.render_as_string(hide_password=False)
+    with _SQLITE_WRITE_LOCKS_GUARD:
+        return _SQLITE_WRITE_LOCKS.setdefault(key, threading.Lock())
 
 
 class StoreOutcome(str, enum.Enum):
@@ -142,8 +162,6 @@ class InstanceStore:
         self.spool = spool
         self._sop_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._is_sqlite = engine.dialect.name == "sqlite"
-        # SQLite has one writer at a time; taking turns here avoids busy waits in the driver.
-        self._sqlite_write_lock = threading.Lock()
         # Series Instance UID -> series.id; series rows never change once written.
         self._series_ids: dict[str, int] = {}
 
@@ -298,7 +316,7 @@ class InstanceStore:
 
         for attempt in range(1, SQLITE_LOCKED_RETRIES + 1):
             try:
-                with self._sqlite_write_lock, self.engine.begin() as connection:
+                with write_lock(self.engine), self.engine.begin() as connection:
                     return work(connection)
             except OperationalError as exc:
                 if "locked" not in str(exc.orig) or attempt == SQLITE_LOCKED_RETRIES:
@@ -331,15 +349,15 @@ def _upsert_study(
 ) -> tuple[int, StudyState]:
     """Return the id and state of the study, inserting its row first if it is new.
 
-    The UPDATE comes first because the study exists for all but its first instance.
+    ``last_received_at`` moves forward only when it is more than
+    ``LAST_RECEIVED_RESOLUTION`` old. Updating it for every instance would lock
+    the study row until each commit and so serialise all associations that send
+    the same study.
     """
-    update_study = (
-        update(Study)
-        .where(Study.study_instance_uid == identity.study_instance_uid)
-        .values(last_received_at=now)
-        .returning(Study.id, Study.state)
+    select_study = select(Study.id, Study.state).where(
+        Study.study_instance_uid == identity.study_instance_uid
     )
-    row = connection.execute(update_study).one_or_none()
+    row = connection.execute(select_study).one_or_none()
     if row is None:
         _insert_ignoring_conflict(
             connection,
@@ -358,7 +376,13 @@ def _upsert_study(
                 "last_received_at": now,
             },
         )
-        row = connection.execute(update_study).one()
+        row = connection.execute(select_study).one()
+
+    connection.execute(
+        update(Study)
+        .where(Study.id == row.id, Study.last_received_at < now - LAST_RECEIVED_RESOLUTION)
+        .values(last_received_at=now)
+    )
     return row.id, StudyState(row.state)
 
 

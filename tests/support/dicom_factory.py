@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
 from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
@@ -155,3 +156,20 @@ def write(dataset: Dataset, path: Path) -> Path:
 def write_all(datasets: Sequence[Dataset], folder: Path) -> list[Path]:
     """Write each data set as ``<folder>/<SOPInstanceUID>.dcm``; return the paths in order."""
     return [write(ds, folder / f"{ds.SOPInstanceUID}.dcm") for ds in datasets]
+
+
+def encoded(dataset: Dataset) -> bytes:
+    """Return ``dataset`` encoded as a DICOM file (preamble, File Meta Information, data set)."""
+    buffer = DicomBytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def dataset_bytes(data: bytes) -> bytes:
+    """Return the data set after the File Meta Information of a PS3.10 file's bytes.
+
+    (0002,0000) File Meta Information Group Length comes first (PS3.10 7.1), so its
+    value at byte 140 gives where the data set starts.
+    """
+    group_length = int.from_bytes(data[140:144], "little")
+    return data[144 + group_length :]

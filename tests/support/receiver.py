@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import resource
+import signal
 import socket
 import sys
 from collections.abc import Iterator
@@ -9,11 +11,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydicom.dataset import Dataset
 from sqlalchemy import Engine, func, select
 
 from dicom.network.scp import StorageSCP, create_scp
 from worker.config import Settings, load_settings
 from worker.db.models import Instance
+from worker.ingest import InstanceIdentity
 
 
 def scp_command(port: int, ae_title: str) -> list[str]:
@@ -73,3 +77,21 @@ def running_receiver(settings: Settings) -> Iterator[Receiver]:
         yield Receiver(scp, settings, queued)
     finally:
         scp.stop()
+
+
+def identity_of(dataset: Dataset) -> InstanceIdentity:
+    """Return the identity the SCP would record for ``dataset``."""
+    return InstanceIdentity.from_dataset(dataset, str(dataset.file_meta.TransferSyntaxUID))
+
+
+@contextmanager
+def file_size_limit(max_bytes: int) -> Iterator[None]:
+    """Make writes past ``max_bytes`` in any file of this process fail (EFBIG), like a full disk."""
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous_handler)

@@ -47,6 +47,7 @@ def scp_command(
 
     try:
         scp = create_scp(settings)
+        scp.store.spool.remove_partial_files()
         resumed = scp.tracker.resume()
     except SchemaError as exc:
         fail(str(exc))
