@@ -68,7 +68,9 @@ def run_analysis(settings: Settings, analysis_id: int) -> int | None:
         return _analyse(settings, engine, context)
     except Exception as exc:  # noqa: BLE001 - every failure is stored, then re-raised for Celery
         _record_failure(engine, analysis_id, exc)
-        if isinstance(exc, AnalysisError):
+        # Invalid inputs (no SEG, unusable series, SEG on another frame of reference) are
+        # final: they raise ValueError subclasses, and running again would fail the same way.
+        if isinstance(exc, AnalysisError | ValueError):
             return None
         raise
 
