@@ -368,10 +368,12 @@ def split_hclal_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[
     return parts
 
 
-def normalizers_from_hclal(crop_normalizers: Sequence[Mapping[str, Any]], channels: int) -> tuple[Normalizer | None, ...]:
+def normalizers_from_hclal(crop_normalizers: Sequence[Any], channels: int) -> tuple[Normalizer | None, ...]:
     """Convert the published per-channel ``{mean, stddev, clip}`` entries.
 
-    Missing entries (the mask channel in the published models) mean no normalisation.
+    Entries may be mappings or, in files read with ``--trust-pickle``, objects with
+    those attributes. Missing entries (the mask channel in the published models) mean
+    no normalisation.
     """
     result: list[Normalizer | None] = []
     for index in range(channels):
@@ -379,7 +381,11 @@ def normalizers_from_hclal(crop_normalizers: Sequence[Mapping[str, Any]], channe
         if not entry:
             result.append(None)
             continue
-        result.append(Normalizer(float(entry["mean"]), float(entry["stddev"]), bool(entry["clip"])))
+        try:
+            values = [entry[name] if isinstance(entry, Mapping) else getattr(entry, name) for name in ("mean", "stddev", "clip")]
+        except (KeyError, AttributeError) as exc:
+            raise CheckpointError(f"crop normaliser of channel {index} lacks {exc}; expected mean, stddev and clip") from None
+        result.append(Normalizer(float(values[0]), float(values[1]), bool(values[2])))
     return tuple(result)
 
 
