@@ -431,3 +431,34 @@ def test_phantom_lesions_labels_and_crops():
         # The central voxels lie inside the lesion: mask 1 and the lesion's SUV.
         assert crop[2, 7:9, 7:9, 7:9].min().item() == 1.0
         assert crop[1, 8, 8, 8].item() == pytest.approx(expected.suv_max, rel=0.35)
+
+
+# The hclal train command line.
+
+
+def test_train_command_needs_data():
+    from typer.testing import CliRunner
+
+    from worker.cli import app
+
+    result = CliRunner().invoke(app, ["train", "coarse"])
+
+    assert result.exit_code == 1
+    assert "give a config file with -i CONFIG.py" in result.output
+
+
+def test_train_command_rejects_stage():
+    from typer.testing import CliRunner
+
+    from worker.cli import app
+
+    result = CliRunner().invoke(app, ["train", "medium", "--phantom-seeds", "1"])
+
+    assert result.exit_code == 1
+    assert "stage must be 'coarse' or 'fine'" in result.output
+
+
+def test_parse_seeds_ranges():
+    from worker.cli.train import parse_seeds
+
+    assert parse_seeds("0-3,7, 9-10") == [0, 1, 2, 3, 7, 9, 10]
