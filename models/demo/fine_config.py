@@ -11,6 +11,9 @@ phantom_lesions = 150
 coarse_model = "runs/demo/coarse/model"
 coarse_predictions_top = 3
 output_dir = "runs/demo/fine"
+# The phantom places lesions in about 300 of the fine sites; prompts of the others were
+# never trained against an image, so the checkpoint keeps only the trained ones.
+prompt_sites = "trained"
 
 crop_size = (16, 16, 16)
 spacing = (8.0, 8.0, 8.0)
