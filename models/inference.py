@@ -150,10 +150,13 @@ class RankedModel:
 
     def site_probabilities(self, embeddings: torch.Tensor, row_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Return ``(lesions, sites)`` probabilities; rows where ``row_mask`` is false are excluded."""
-        logits = self.metadata.logit_scale * embeddings @ self.prompts.T
-        if row_mask is not None:
-            logits = logits.masked_fill(~row_mask, float("-inf"))
-        return torch.softmax(logits, dim=-1) @ self.row_to_site
+        # Scores stay in float32: under bf16 autocast, 100 * cosine would carry an error
+        # of about 0.4 before the softmax.
+        with torch.autocast(embeddings.device.type, enabled=False):
+            logits = self.metadata.logit_scale * embeddings.float() @ self.prompts.T
+            if row_mask is not None:
+                logits = logits.masked_fill(~row_mask, float("-inf"))
+            return torch.softmax(logits, dim=-1) @ self.row_to_site
 
 
 def check_sites(checkpoint: Checkpoint, vocabulary: Vocabulary) -> None:

@@ -225,3 +225,13 @@ def test_localizer_rejects_unknown_sites(tmp_path, vocabulary):
                     torch.zeros(1, EMBED_DIM), meta)
     with pytest.raises(CheckpointError, match="names 1 sites that vocabulary hclal-coded-sites lacks"):
         Localizer(tmp_path, None, vocabulary=vocabulary, device="cpu")
+
+
+def test_scores_stay_float32_under_autocast(models, vocabulary):
+    localizer = Localizer.from_model_dir(models["root"], vocabulary=vocabulary, device="cpu")
+    embeddings = models["coarse_embeddings"]
+    expected = localizer.coarse.site_probabilities(embeddings)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = localizer.coarse.site_probabilities(embeddings)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, expected, rtol=1e-6, atol=1e-7)
