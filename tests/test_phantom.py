@@ -270,6 +270,7 @@ def test_volumes_as_shared_volume_type(volumes) -> None:
     assert ct.array.shape == volumes.ct_hu.shape
     assert np.allclose(ct.affine @ [0, 0, 0, 1], volumes.ct_affine @ [0, 0, 0, 1])
     assert np.array_equal(pet.array, volumes.pet_suv)
+    assert volumes.as_volumes()[0].series_instance_uid == uids.ct_series
     assert pet.spacing == pytest.approx((4.0, 4.0, 4.0))
 
 

@@ -280,6 +280,7 @@ def test_import_hclal_flat_layout(tmp_path: Path, vocabulary) -> None:
         "Right ribs": ["Rib R3", "Right rib 11"],
         "Mediastinum": ["Mediastinum 4R", "Mediastinum 7", "Oesophagus"],
         "Lumbar spine": ["L2 vertebra", "vertebra l5"],
+        "Back": ["Right upper back subcutaneous tissue", "Left lumbar muscle"],
     }
     result = import_hclal_files(*_write_hclal_files(tmp_path, library, {}), vocabulary)
     mapping = result.mapping()
@@ -293,6 +294,8 @@ def test_import_hclal_flat_layout(tmp_path: Path, vocabulary) -> None:
     assert mapping["L2 vertebra"] == "vertebra_l2"
     assert mapping["vertebra l5"] == "vertebra_l5"
     assert mapping["Lumbar spine"] == "lumbar_spine"
+    assert mapping["Right upper back subcutaneous tissue"] == "upper_back_subcutaneous_tissue"
+    assert mapping["Left lumbar muscle"] == "paraspinal_lumbar_muscle_left"
     assert "Mediastinum" not in mapping
 
 

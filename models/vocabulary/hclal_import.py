@@ -127,6 +127,9 @@ PATTERNS: list[tuple[re.Pattern[str], Any]] = [
     (re.compile(r"vertebra ([ctl])(\d{1,2})"), lambda m: f"vertebra_{m[1]}{int(m[2])}"),
     (re.compile(r"mediastinum (\d{1,2})([rlap]?)"), lambda m: _mediastinal_station(m[1], m[2])),
     (re.compile(r"station (\d{1,2})([rlap]?)"), lambda m: _mediastinal_station(m[1], m[2])),
+    (re.compile(r"(?:left |right )?(upper|lower) back subcutaneous tissue"), lambda m: f"{m[1]}_back_subcutaneous_tissue"),
+    (re.compile(r"(left|right) upper back muscles?"), lambda m: f"thoracic_erector_spinae_{m[1]}"),
+    (re.compile(r"(left|right) (?:lower back|lumbar) muscles?"), lambda m: f"paraspinal_lumbar_muscle_{m[1]}"),
 ]
 
 
