@@ -65,7 +65,7 @@ HCLAL_PUBLISHED_CROPS = {(96, 96, 128): "coarse", (64, 64, 64): "fine"}
 
 
 class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, unsafe to read or inconsistent; the message says which."""
+    """A checkpoint is missing, corrupt, unsafe to read or inconsistent; the message names the problem."""
 
 
 @dataclass(frozen=True)

@@ -377,20 +377,20 @@ class Localizer:
         if self.fine is None:
             return {}
         candidate_masks = []
-        kept = []
+        with_candidates = []
         for index in rows:
             allowed = {site_id for site_id, _ in coarse_topk[index]}
             mask = torch.tensor([coarse in allowed for coarse in self.fine_row_coarse], dtype=torch.bool)
             if mask.any():
-                kept.append(index)
+                with_candidates.append(index)
                 candidate_masks.append(mask)
-        if not kept:
+        if not with_candidates:
             return {}
         row_masks = torch.stack(candidate_masks).to(self.device)
         probabilities = self._probabilities(
-            self.fine, cropper, [centres[i] for i in kept], [masks[i] for i in kept], row_masks
+            self.fine, cropper, [centres[i] for i in with_candidates], [masks[i] for i in with_candidates], row_masks
         )
-        return dict(zip(kept, probabilities, strict=True))
+        return dict(zip(with_candidates, probabilities, strict=True))
 
     def _predict(
         self,
