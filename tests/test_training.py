@@ -401,3 +401,64 @@ def test_distributed_step_matches_single_process(tmp_path: Path):
     for name, value in trainer.model.state_dict().items():
         assert not torch.equal(value, before[name]), name
         torch.testing.assert_close(distributed[name], value, rtol=1e-5, atol=1e-6)
+
+
+# Phantom studies in memory.
+
+
+def test_phantom_lesions_labels_and_crops():
+    pytest.importorskip("dicom.phantom.volumes")
+    from models.crop import CropSpec
+    from models.training.dataset import LesionCropDataset
+    from models.training.phantom import phantom_lesions
+    from models.vocabulary import default_vocabulary
+    from dicom.phantom.volumes import build_phantom_volumes
+
+    vocabulary = default_vocabulary()
+    lesions, cases = phantom_lesions([11], 6, vocabulary)
+    truth = build_phantom_volumes(11, 6).lesions
+
+    assert len(lesions) == 6
+    spec = CropSpec((16, 16, 16), (4.0, 4.0, 4.0), ("ct", "pet", "mask"), (None, None, None))
+    dataset = LesionCropDataset(lesions, cases, spec)
+    for index, (lesion, expected) in enumerate(zip(lesions, truth, strict=True)):
+        assert lesion.labels.fine_id == expected.site_id
+        assert lesion.labels.coarse_id == vocabulary.parent(expected.site_id).id
+        assert lesion.labels.region == vocabulary.site(lesion.labels.coarse_id).region
+        # The mask's box centre is within a voxel (3 mm slices) of the sphere's centre.
+        assert np.allclose(lesion.centre_mm, expected.centre_mm, atol=3.0)
+        crop = dataset[index]
+        # The central voxels lie inside the lesion: mask 1 and the lesion's SUV.
+        assert crop[2, 7:9, 7:9, 7:9].min().item() == 1.0
+        assert crop[1, 8, 8, 8].item() == pytest.approx(expected.suv_max, rel=0.35)
+
+
+# The hclal train command line.
+
+
+def test_train_command_needs_data():
+    from typer.testing import CliRunner
+
+    from worker.cli import app
+
+    result = CliRunner().invoke(app, ["train", "coarse"])
+
+    assert result.exit_code == 1
+    assert "give a config file with -i CONFIG.py" in result.output
+
+
+def test_train_command_rejects_stage():
+    from typer.testing import CliRunner
+
+    from worker.cli import app
+
+    result = CliRunner().invoke(app, ["train", "medium", "--phantom-seeds", "1"])
+
+    assert result.exit_code == 1
+    assert "stage must be 'coarse' or 'fine'" in result.output
+
+
+def test_parse_seeds_ranges():
+    from worker.cli.train import parse_seeds
+
+    assert parse_seeds("0-3,7, 9-10") == [0, 1, 2, 3, 7, 9, 10]

@@ -157,6 +157,7 @@ class ContrastiveTrainer:
         self.context = context
         self.output_dir = Path(config.output_dir)
 
+        self.text_ids = list(text_ids)
         row_of = {site_id: row for row, site_id in enumerate(text_ids)}
         site_of = (lambda label: label.coarse_id) if config.stage == "coarse" else (lambda label: label.fine_id)
         missing = sorted({site_of(label) for label in self.labels} - set(row_of))
