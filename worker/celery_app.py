@@ -22,6 +22,14 @@ def create_celery_app(settings: Settings) -> Celery:
     """Create a Celery app for ``settings.broker_url`` with the worker's tasks registered."""
     if not settings.broker_url:
         raise ValueError("HCLAL_BROKER_URL is not set; Celery needs a broker (redis://host:6379/0)")
+    if settings.broker_visibility_timeout <= settings.task_time_limit:
+        # Redis gives an unacknowledged task to another worker after the visibility
+        # timeout, so a slow analysis may then run twice at once (results are still
+        # stored once, because the analysis row is locked).
+        LOGGER.warning(
+            "HCLAL_BROKER_VISIBILITY_TIMEOUT (%g s) is not above HCLAL_TASK_TIME_LIMIT (%g s)",
+            settings.broker_visibility_timeout, settings.task_time_limit,
+        )
     app = Celery("hclal", broker=settings.broker_url, backend=settings.result_backend)
     app.conf.update(
         task_acks_late=True,

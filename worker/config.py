@@ -72,9 +72,10 @@ class Settings(BaseSettings):
         default=None, description="Celery result backend URL; empty means none."
     )
     broker_visibility_timeout: float = Field(
-        default=300.0,
+        default=1800.0,
         gt=0,
-        description="Seconds before a task taken by a worker that died is given to another worker.",
+        description="Seconds before a task taken by a worker that died is given to another worker; "
+        "must exceed the task time limit.",
     )
     task_time_limit: float = Field(
         default=900.0, gt=0, description="Seconds after which an analysis task is killed."
@@ -190,8 +191,11 @@ class Settings(BaseSettings):
 def _format_error(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"]) or "settings"
-        name = ENV_PREFIX + str(item["loc"][0]).upper() if item["loc"] else "settings"
+        if not item["loc"]:
+            lines.append(f"invalid settings: {item['msg']}")
+            continue
+        location = ".".join(str(part) for part in item["loc"])
+        name = ENV_PREFIX + str(item["loc"][0]).upper()
         value = item.get("input")
         if isinstance(value, dict | list):
             shown = repr(value)[:200]

@@ -28,11 +28,11 @@ class DeliveryError(RuntimeError):
     """The report to send does not exist or its file is missing."""
 
 
-def deliver_report(settings: Settings, report_id: int, *, force: bool = True) -> AnalysisState:
+def deliver_report(settings: Settings, report_id: int, *, force: bool = False) -> AnalysisState:
     """Send report ``report_id`` to every destination; return the analysis's new state.
 
-    With ``force`` False a report whose analysis is already delivered is not sent
-    again (a redelivered Celery task); ``hclal admin resend`` passes True.
+    A report whose analysis is already delivered is not sent again (a redelivered
+    task) unless ``force`` is set, as ``hclal admin resend`` does.
     """
     engine = get_engine(settings.effective_database_url)
     with session_scope(engine) as session:

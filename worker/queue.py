@@ -67,3 +67,31 @@ def wait_for_in_process_tasks(settings: Settings) -> None:
     executor = _EXECUTORS.get(settings.effective_database_url)
     if executor is not None:
         executor.submit(lambda: None).result()
+
+
+def requeue_unfinished(settings: Settings) -> list[int]:
+    """Queue again the analyses that a stopped process left unfinished; return their ids.
+
+    Without a broker the queue lives in memory, so analyses that were queued,
+    started or localised when the process stopped are queued again at start.
+    With a broker, Celery redelivers the tasks of a worker that died, and only
+    analyses whose task never reached the broker (an ``enqueue_failed`` event)
+    are sent again.
+    """
+    from sqlalchemy import select
+
+    from worker.db.models import Analysis, AnalysisState, Event
+    from worker.db.session import get_engine, session_scope
+
+    unfinished = (AnalysisState.QUEUED, AnalysisState.STARTED, AnalysisState.LOCALISED)
+    with session_scope(get_engine(settings.effective_database_url)) as session:
+        query = select(Analysis.id).where(Analysis.state.in_(unfinished)).order_by(Analysis.id)
+        if settings.broker_url:
+            failed_sends = select(Event.analysis_id).where(Event.kind == "enqueue_failed")
+            query = query.where(Analysis.id.in_(failed_sends))
+        analysis_ids = list(session.scalars(query))
+    for analysis_id in analysis_ids:
+        enqueue_analysis(settings, analysis_id)
+    if analysis_ids:
+        LOGGER.info("queued %d unfinished analyses again: %s", len(analysis_ids), analysis_ids)
+    return analysis_ids

@@ -19,6 +19,8 @@ from worker.config import Settings
 from worker.localizer_cache import checkpoint_hashes
 
 if TYPE_CHECKING:
+    from pydicom import Dataset
+
     from dicom.study import StudyInputs
 
 LOGGER = logging.getLogger(__name__)
@@ -82,6 +84,37 @@ def _candidate(site, probability: float):  # noqa: ANN001, ANN202
     )
 
 
+DATE_TIME_VRS = ("DA", "TM", "DT")
+
+
+def without_invalid_dates(header: "Dataset") -> "Dataset":
+    """Return a copy of ``header`` whose top-level DA, TM and DT values are all valid.
+
+    The SR copies patient and study attributes from the CT. A malformed value, such
+    as a birth date written 1970-01-01, would stop the report from being built, so
+    it is emptied (these attributes are type 2 in the SR) and named, without its
+    value, in the log.
+    """
+    import copy
+
+    from pydicom.valuerep import DA, DT, TM
+
+    parsers = {"DA": DA, "TM": TM, "DT": DT}
+    cleaned = copy.deepcopy(header)
+    for element in list(cleaned):
+        if element.VR not in DATE_TIME_VRS or element.VM != 1 or not element.value:
+            continue
+        try:
+            parsers[element.VR](element.value)
+        except ValueError:
+            LOGGER.warning(
+                "%s of CT image %s is not a valid %s value; left empty in the report",
+                element.keyword or element.tag, header.get("SOPInstanceUID", "?"), element.VR,
+            )
+            cleaned[element.tag].value = ""
+    return cleaned
+
+
 def build_report_inputs(settings: Settings, context, inputs: "StudyInputs", predictions, localizer, sop_class):  # noqa: ANN001, ANN201
     """Collect what :func:`dicom.sr.build_measurement_report` needs for one analysis."""
     from dicom.sr import AlgorithmInfo, LesionFinding, PredecessorReport, ReportInputs
@@ -122,7 +155,7 @@ def build_report_inputs(settings: Settings, context, inputs: "StudyInputs", pred
         device_name=f"HCL-AL worker {settings.ae_title}",
     )
     return ReportInputs(
-        ct_images=inputs.ct_headers,
+        ct_images=[without_invalid_dates(header) for header in inputs.ct_headers],
         ct_affine=inputs.ct.affine,
         seg=inputs.seg,
         findings=findings,

@@ -120,7 +120,7 @@ def resend_command(
             report_id = latest_report_of(session, analysis_id).id
     except AdminError as exc:
         fail(str(exc))
-    outcome = deliver_report(settings, report_id)
+    outcome = deliver_report(settings, report_id, force=True)
     _print_rows([{"analysis_id": analysis_id, "report_id": report_id, "state": outcome.value}], as_json, "resend")
     if outcome.value != "delivered":
         raise typer.Exit(1)
