@@ -42,4 +42,5 @@ def register_tasks(app: Celery, settings: Settings) -> None:
         from worker.delivery import deliver_report
 
         TASK_LOGGER.info("delivery of report %d started", report_id)
-        return deliver_report(settings, report_id).value
+        # A message redelivered after its worker died does not send a delivered report again.
+        return deliver_report(settings, report_id, force=False).value
