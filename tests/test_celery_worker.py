@@ -14,15 +14,19 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 
 from dicom.network.scp import create_scp
 from dicom.network.sender import dicom_files, send_files
-from tests.support.celery_worker import (
+from tests.support.celery_worker import (  # noqa: F401 - broker_url and worker_processes are fixtures
+    ANALYSIS_TIMEOUT,
+    FINAL_STATES,
     WorkerProcess,
-    claimed_redis_database,
+    broker_url,
+    count_rows,
     start_celery_worker,
     wait_for_analysis_state,
+    worker_processes,
 )
 from tests.support.orthanc import OrthancServer, start_orthanc
 from tests.support.receiver import receiver_settings
@@ -33,19 +37,10 @@ from worker.db.session import get_engine, session_scope
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
-FINAL_STATES = {AnalysisState.DELIVERED, AnalysisState.DELIVERY_FAILED, AnalysisState.FAILED}
 RUNNING_STATES = {AnalysisState.STARTED, AnalysisState.LOCALISED}
-# Generous: two shared CPU cores may be busy with other work while a test runs.
-ANALYSIS_TIMEOUT = 600.0
 # Seconds before a task of a killed worker goes to another worker.
 VISIBILITY_TIMEOUT = 5.0
 ORTHANC_OUTAGE = 30.0
-
-
-@pytest.fixture
-def broker_url() -> Iterator[str]:
-    with claimed_redis_database() as url:
-        yield url
 
 
 @pytest.fixture
@@ -53,15 +48,6 @@ def pacs() -> Iterator[StatusPacs]:
     server = StatusPacs([SUCCESS])
     yield server
     server.stop()
-
-
-@pytest.fixture
-def workers() -> Iterator[list[WorkerProcess]]:
-    """Worker processes the test starts; every one still running is stopped at teardown."""
-    started: list[WorkerProcess] = []
-    yield started
-    for worker in started:
-        worker.stop(grace_period=5.0)
 
 
 def worker_settings(
@@ -100,11 +86,6 @@ def receive_study(settings: Settings, study: Path) -> int:
     return ids[0]
 
 
-def count(engine: Engine, model, *where) -> int:  # noqa: ANN001
-    with engine.connect() as connection:
-        return connection.scalar(select(func.count()).select_from(model).where(*where))
-
-
 def truth_lesion_count(study: Path) -> int:
     return len(json.loads((study / "truth.json").read_text())["lesions"])
 
@@ -132,46 +113,46 @@ def wait_until_acknowledged(broker_url: str, timeout: float = 60.0) -> int:
         client.close()
 
 
-def test_worker_analyses_and_delivers(tmp_path, postgres_url, broker_url, phantom_study, tiny_models, pacs, workers):
+def test_worker_analyses_and_delivers(tmp_path, postgres_url, broker_url, phantom_study, tiny_models, pacs, worker_processes):
     settings = worker_settings(tmp_path, postgres_url, broker_url, tiny_models, [pacs.destination])
-    workers.append(start_celery_worker(settings, tmp_path / "worker.log"))
+    worker_processes.append(start_celery_worker(settings, tmp_path / "worker.log"))
 
     analysis_id = receive_study(settings, phantom_study)
-    state = wait_for_analysis_state(get_engine(postgres_url), analysis_id, FINAL_STATES, ANALYSIS_TIMEOUT, workers)
+    state = wait_for_analysis_state(get_engine(postgres_url), analysis_id, FINAL_STATES, ANALYSIS_TIMEOUT, worker_processes)
 
     engine = get_engine(postgres_url)
     assert state == AnalysisState.DELIVERED
-    assert count(engine, Report) == 1
-    assert count(engine, Lesion) == truth_lesion_count(phantom_study)
-    assert count(engine, Finding) == truth_lesion_count(phantom_study)
+    assert count_rows(engine, Report) == 1
+    assert count_rows(engine, Lesion) == truth_lesion_count(phantom_study)
+    assert count_rows(engine, Finding) == truth_lesion_count(phantom_study)
     assert delivery_rows(engine) == [(1, DeliveryStatus.SUCCESS)]
     assert [str(ds.SOPInstanceUID) for ds in pacs.received] == [report_uid(engine)]
     assert wait_until_acknowledged(broker_url) == 0
 
 
 def test_killed_worker_task_completed_once(
-    tmp_path, postgres_url, broker_url, phantom_study, tiny_models, pacs, workers
+    tmp_path, postgres_url, broker_url, phantom_study, tiny_models, pacs, worker_processes
 ):
     settings = worker_settings(tmp_path, postgres_url, broker_url, tiny_models, [pacs.destination])
     first = start_celery_worker(settings, tmp_path / "first-worker.log")
-    workers.append(first)
+    worker_processes.append(first)
     engine = get_engine(postgres_url)
 
     analysis_id = receive_study(settings, phantom_study)
-    wait_for_analysis_state(engine, analysis_id, RUNNING_STATES, ANALYSIS_TIMEOUT, workers)
+    wait_for_analysis_state(engine, analysis_id, RUNNING_STATES, ANALYSIS_TIMEOUT, worker_processes)
     first.kill()
 
-    assert count(engine, Report) == 0, "the first worker finished before it was killed"
+    assert count_rows(engine, Report) == 0, "the first worker finished before it was killed"
     second = start_celery_worker(settings, tmp_path / "second-worker.log")
-    workers.append(second)
+    worker_processes.append(second)
     state = wait_for_analysis_state(engine, analysis_id, FINAL_STATES, ANALYSIS_TIMEOUT, [second])
 
     assert state == AnalysisState.DELIVERED
     assert f"analysis {analysis_id} restarted" in second.log_text()
-    assert count(engine, Report) == 1
-    assert count(engine, Lesion, Lesion.analysis_id == analysis_id) == truth_lesion_count(phantom_study)
-    assert count(engine, Lesion) == truth_lesion_count(phantom_study)
-    assert count(engine, Finding) == truth_lesion_count(phantom_study)
+    assert count_rows(engine, Report) == 1
+    assert count_rows(engine, Lesion, Lesion.analysis_id == analysis_id) == truth_lesion_count(phantom_study)
+    assert count_rows(engine, Lesion) == truth_lesion_count(phantom_study)
+    assert count_rows(engine, Finding) == truth_lesion_count(phantom_study)
     assert delivery_rows(engine) == [(1, DeliveryStatus.SUCCESS)]
     assert [str(ds.SOPInstanceUID) for ds in pacs.received] == [report_uid(engine)]
     assert wait_until_acknowledged(broker_url) == 0
@@ -192,7 +173,7 @@ def orthanc_holds(server: OrthancServer, sop_instance_uid: str) -> bool:
 @pytest.mark.slow
 @pytest.mark.orthanc
 def test_delivery_survives_orthanc_outage(
-    tmp_path, postgres_url, broker_url, phantom_study, tiny_models, orthanc, workers
+    tmp_path, postgres_url, broker_url, phantom_study, tiny_models, orthanc, worker_processes
 ):
     destination = Destination(ae_title=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port)
     # Retries 1, 2, 4, 8, 16 and 32 s apart: the last attempts fall after the outage ends.
@@ -200,17 +181,17 @@ def test_delivery_survives_orthanc_outage(
         tmp_path, postgres_url, broker_url, tiny_models, [destination],
         delivery_max_attempts=7, delivery_backoff=1.0, network_timeout=10.0,
     )
-    workers.append(start_celery_worker(settings, tmp_path / "worker.log"))
+    worker_processes.append(start_celery_worker(settings, tmp_path / "worker.log"))
     engine = get_engine(postgres_url)
 
     analysis_id = receive_study(settings, phantom_study)
-    wait_for_analysis_state(engine, analysis_id, RUNNING_STATES, ANALYSIS_TIMEOUT, workers)
+    wait_for_analysis_state(engine, analysis_id, RUNNING_STATES, ANALYSIS_TIMEOUT, worker_processes)
     orthanc.stop()
     stopped_at = time.monotonic()
-    wait_for_failed_attempt(engine, ANALYSIS_TIMEOUT, workers)
+    wait_for_failed_attempt(engine, ANALYSIS_TIMEOUT, worker_processes)
     time.sleep(max(ORTHANC_OUTAGE - (time.monotonic() - stopped_at), 0))
     orthanc.restart()
-    state = wait_for_analysis_state(engine, analysis_id, FINAL_STATES, ANALYSIS_TIMEOUT, workers)
+    state = wait_for_analysis_state(engine, analysis_id, FINAL_STATES, ANALYSIS_TIMEOUT, worker_processes)
 
     assert state == AnalysisState.DELIVERED
     rows = delivery_rows(engine)
@@ -221,10 +202,10 @@ def test_delivery_survives_orthanc_outage(
     assert orthanc_holds(orthanc, report_uid(engine))
 
 
-def wait_for_failed_attempt(engine: Engine, timeout: float, workers: list[WorkerProcess]) -> None:
+def wait_for_failed_attempt(engine: Engine, timeout: float, worker_processes: list[WorkerProcess]) -> None:
     """Wait until a ``delivery`` row records a transient failure (the PACS is down)."""
     deadline = time.monotonic() + timeout
-    while count(engine, Delivery, Delivery.status == DeliveryStatus.TRANSIENT_FAILURE) == 0:
-        assert all(worker.is_running() for worker in workers), workers[0].log_text()[-3000:]
+    while count_rows(engine, Delivery, Delivery.status == DeliveryStatus.TRANSIENT_FAILURE) == 0:
+        assert all(worker.is_running() for worker in worker_processes), worker_processes[0].log_text()[-3000:]
         assert time.monotonic() < deadline, f"no failed delivery attempt within {timeout:.0f} s"
         time.sleep(0.2)

@@ -30,13 +30,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import redis
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from worker.config import ENV_PREFIX, Settings
 from worker.db.models import Analysis, AnalysisState
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+
+FINAL_STATES = frozenset({AnalysisState.DELIVERED, AnalysisState.DELIVERY_FAILED, AnalysisState.FAILED})
+# Seconds a test waits for an analysis. Generous because two shared CPU cores may be
+# busy with other work while a test runs.
+ANALYSIS_TIMEOUT = 600.0
 
 # Redis databases handed out to tests; database 0 keeps the claims and is never flushed.
 BROKER_DATABASES = range(15, 0, -1)
@@ -247,3 +253,25 @@ def wait_for_analysis_state(
                 f"analysis {analysis_id} is {state} and not {sorted(s.value for s in states)}: {reason}\n{logs}"
             )
         time.sleep(0.1)
+
+
+def count_rows(engine: Engine, model, *where) -> int:  # noqa: ANN001
+    """Return the number of rows of ``model``'s table that match every condition in ``where``."""
+    with engine.connect() as connection:
+        return connection.scalar(select(func.count()).select_from(model).where(*where))
+
+
+@pytest.fixture
+def broker_url() -> Iterator[str]:
+    """The URL of a flushed Redis database that this test has to itself."""
+    with claimed_redis_database() as url:
+        yield url
+
+
+@pytest.fixture
+def worker_processes() -> Iterator[list[WorkerProcess]]:
+    """Worker processes the test starts; every one still running is stopped at teardown."""
+    started: list[WorkerProcess] = []
+    yield started
+    for process in reversed(started):
+        process.stop(grace_period=5.0)

@@ -46,14 +46,18 @@ class OrthancServer:
 
     def request(self, method: str, path: str, body: bytes | dict | list | None = None) -> Any:
         """Call the REST API and return the decoded JSON response (None if empty)."""
+        payload = self.request_bytes(method, path, body)
+        return json.loads(payload) if payload else None
+
+    def request_bytes(self, method: str, path: str, body: bytes | dict | list | None = None) -> bytes:
+        """Call the REST API and return the raw response body, e.g. ``GET /instances/{id}/file``."""
         data = json.dumps(body).encode() if isinstance(body, dict | list) else body
         request = urllib.request.Request(f"{self.http_url}{path}", data=data, method=method)
         try:
             with urllib.request.urlopen(request, timeout=120) as response:
-                payload = response.read()
+                return response.read()
         except urllib.error.HTTPError as exc:
             raise OrthancError(f"{method} {path} failed with HTTP {exc.code}: {exc.read()[:500]!r}") from exc
-        return json.loads(payload) if payload else None
 
     def upload(self, path: Path) -> str:
         """Upload a DICOM file (``POST /instances``) and return its Orthanc instance id."""
