@@ -31,6 +31,7 @@ from tests.support.celery_worker import (  # noqa: F401 - broker_url and worker_
 from tests.support.orthanc import OrthancServer, start_orthanc
 from tests.support.receiver import receiver_settings
 from tests.test_pipeline import SUCCESS, StatusPacs
+from worker.celery_app import get_celery_app
 from worker.config import Destination, Settings
 from worker.db.models import Analysis, AnalysisState, Delivery, DeliveryStatus, Finding, Lesion, Report
 from worker.db.session import get_engine, session_scope
@@ -128,6 +129,27 @@ def test_worker_analyses_and_delivers(tmp_path, postgres_url, broker_url, phanto
     assert delivery_rows(engine) == [(1, DeliveryStatus.SUCCESS)]
     assert [str(ds.SOPInstanceUID) for ds in pacs.received] == [report_uid(engine)]
     assert wait_until_acknowledged(broker_url) == 0
+
+    # A deliver message that comes again (its worker died before the ack) sends nothing.
+    with engine.connect() as connection:
+        report_id = connection.scalar(select(Report.id))
+    task_id = get_celery_app(settings).send_task("hclal.deliver", args=[report_id], queue="deliver").id
+    finished = wait_for_log(worker_processes[0], f"hclal.deliver[{task_id}] succeeded")
+    assert finished.endswith(f"'{AnalysisState.DELIVERED.value}'")
+    assert delivery_rows(engine) == [(1, DeliveryStatus.SUCCESS)]
+    assert len(pacs.received) == 1
+
+
+def wait_for_log(process: WorkerProcess, text: str, timeout: float = 120.0) -> str:
+    """Wait until the process logs a line that contains ``text``; return that line."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in process.log_text().splitlines() if text in line]
+        if lines:
+            return lines[0]
+        assert process.is_running(), process.log_text()[-3000:]
+        assert time.monotonic() < deadline, f"{process.name} did not log {text!r} within {timeout:.0f} s"
+        time.sleep(0.2)
 
 
 def test_killed_worker_task_completed_once(

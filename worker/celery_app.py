@@ -27,6 +27,8 @@ def create_celery_app(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # NOTE: Celery 5.7's solo and threads pools do not enforce time limits; only
+        # prefork (--pool prefork) kills a task that runs past them.
         task_time_limit=settings.task_time_limit,
         task_soft_time_limit=settings.task_time_limit * 0.9,
         task_default_queue="localize",
