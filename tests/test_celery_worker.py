@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, make_url, select
 
 from dicom.network.scp import create_scp
 from dicom.network.sender import dicom_files, send_files
@@ -30,6 +30,7 @@ from tests.support.celery_worker import (  # noqa: F401 - broker_url and worker_
 )
 from tests.support.orthanc import OrthancServer, start_orthanc
 from tests.support.receiver import receiver_settings
+from tests.support.tcp_proxy import TcpProxy
 from tests.test_pipeline import SUCCESS, StatusPacs
 from worker.celery_app import get_celery_app
 from worker.config import Destination, Settings
@@ -178,6 +179,38 @@ def test_killed_worker_task_completed_once(
     assert delivery_rows(engine) == [(1, DeliveryStatus.SUCCESS)]
     assert [str(ds.SOPInstanceUID) for ds in pacs.received] == [report_uid(engine)]
     assert wait_until_acknowledged(broker_url) == 0
+
+
+@pytest.mark.slow
+def test_database_outage_retried(tmp_path, postgres_url, broker_url, phantom_study, tiny_models, pacs, worker_processes):
+    proxy = TcpProxy(target_port=make_url(postgres_url).port)
+    proxy.open()
+    try:
+        settings = worker_settings(tmp_path, postgres_url, broker_url, tiny_models, [pacs.destination])
+        # The worker reaches PostgreSQL through the proxy, the SCP in the test directly.
+        proxied_url = make_url(postgres_url).set(port=proxy.port).render_as_string(hide_password=False)
+        worker = start_celery_worker(settings.model_copy(update={"database_url": proxied_url}), tmp_path / "worker.log")
+        worker_processes.append(worker)
+
+        proxy.close()
+        analysis_id = receive_study(settings, phantom_study)
+        retried = wait_for_log(worker, "hclal.localize[")
+        wait_for_log(worker, "retry: Retry in")
+        proxy.open()
+        state = wait_for_analysis_state(
+            get_engine(postgres_url), analysis_id, FINAL_STATES, ANALYSIS_TIMEOUT, worker_processes
+        )
+    finally:
+        proxy.close()
+
+    engine = get_engine(postgres_url)
+    assert "received" in retried
+    assert "OperationalError" in wait_for_log(worker, "retry: Retry in")
+    assert state == AnalysisState.DELIVERED
+    assert count_rows(engine, Report) == 1
+    assert count_rows(engine, Lesion) == truth_lesion_count(phantom_study)
+    assert delivery_rows(engine) == [(1, DeliveryStatus.SUCCESS)]
+    assert [str(ds.SOPInstanceUID) for ds in pacs.received] == [report_uid(engine)]
 
 
 @pytest.fixture
