@@ -46,14 +46,14 @@ def create_celery_app(settings: Settings) -> Celery:
     return app
 
 
-def broker_transport_options(settings: Settings) -> dict[str, float]:
+def broker_transport_options(settings: Settings) -> dict[str, float | int]:
     """Return the kombu Redis transport options that bound how late a lost task is redelivered.
 
     A task taken by a worker that died stays in Redis' ``unacked`` hash until a
-    live worker's sweep finds it older than ``visibility_timeout``. kombu 5.7
-    sweeps every ``unacked_restore_interval`` (10 s) times ``unacked_restore_throttle``
-    (10) seconds by default, so a lost task could wait 100 s beyond the timeout.
-    Here every timer tick sweeps, at most 10 s and at least 1 s apart.
+    live worker's sweep finds it older than ``visibility_timeout``. By default kombu 5.7
+    runs a sweep every ``unacked_restore_interval`` (10 s) and scans Redis only on every
+    ``unacked_restore_throttle``-th (10th) sweep, so a lost task could wait 100 s beyond
+    the timeout. Here every sweep scans, and sweeps run 1 to 10 s apart.
     """
     timeout = settings.broker_visibility_timeout
     return {

@@ -8,7 +8,6 @@ never datasets, so a redelivered message repeats work without writing twice.
 from __future__ import annotations
 
 import logging
-
 from typing import Any
 
 from celery import Celery
