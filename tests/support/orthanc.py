@@ -57,7 +57,9 @@ class OrthancServer:
             with urllib.request.urlopen(request, timeout=120) as response:
                 return response.read()
         except urllib.error.HTTPError as exc:
-            raise OrthancError(f"{method} {path} failed with HTTP {exc.code}: {exc.read()[:500]!r}") from exc
+            raise OrthancError(
+                f"{method} {path} failed with HTTP {exc.code}: {exc.read()[:500]!r}"
+            ) from exc
 
     def upload(self, path: Path) -> str:
         """Upload a DICOM file (``POST /instances``) and return its Orthanc instance id."""
@@ -69,7 +71,9 @@ class OrthancServer:
 
         Orthanc responds after the association ends; a failed C-STORE raises :class:`OrthancError`.
         """
-        return self.request("POST", f"/modalities/{name}/store", {"Resources": resource_ids, "Synchronous": True})
+        return self.request(
+            "POST", f"/modalities/{name}/store", {"Resources": resource_ids, "Synchronous": True}
+        )
 
     def restart(self, timeout: float = 60.0) -> None:
         """Start Orthanc again with the same configuration: same ports, database and storage.
