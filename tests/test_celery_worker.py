@@ -92,15 +92,23 @@ def truth_lesion_count(study: Path) -> int:
     return len(json.loads((study / "truth.json").read_text())["lesions"])
 
 
-def delivery_rows(engine: Engine) -> list[tuple[int, DeliveryStatus]]:
+def delivery_rows(engine: Engine) -> list[tuple[str, int, DeliveryStatus]]:
+    """Return ``(SOP Instance UID, attempt, status)`` of every ``delivery`` row in insertion order."""
     with session_scope(engine) as session:
-        rows = session.scalars(select(Delivery).order_by(Delivery.attempt)).all()
-        return [(row.attempt, row.status) for row in rows]
+        rows = session.scalars(select(Delivery).order_by(Delivery.id)).all()
+        return [(row.sop_instance_uid, row.attempt, row.status) for row in rows]
 
 
-def report_uid(engine: Engine) -> str:
-    with engine.connect() as connection:
-        return connection.scalar(select(Report.sop_instance_uid))
+def report_documents(engine: Engine) -> list[str]:
+    """Return the SOP Instance UIDs of the only report and of its outline document, in sending order."""
+    with session_scope(engine) as session:
+        report = session.scalars(select(Report)).one()
+        return [report.sop_instance_uid, report.outline_sop_instance_uid]
+
+
+def delivered_once(engine: Engine) -> list[tuple[str, int, DeliveryStatus]]:
+    """Return the ``delivery`` rows of a report whose two documents were each stored at the first attempt."""
+    return [(uid, 1, DeliveryStatus.SUCCESS) for uid in report_documents(engine)]
 
 
 def wait_until_acknowledged(broker_url: str, timeout: float = 60.0) -> int:
@@ -127,8 +135,8 @@ def test_worker_analyses_and_delivers(tmp_path, postgres_url, broker_url, phanto
     assert count_rows(engine, Report) == 1
     assert count_rows(engine, Lesion) == truth_lesion_count(phantom_study)
     assert count_rows(engine, Finding) == truth_lesion_count(phantom_study)
-    assert delivery_rows(engine) == [(1, DeliveryStatus.SUCCESS)]
-    assert [str(ds.SOPInstanceUID) for ds in pacs.received] == [report_uid(engine)]
+    assert delivery_rows(engine) == delivered_once(engine)
+    assert [str(ds.SOPInstanceUID) for ds in pacs.received] == report_documents(engine)
     assert wait_until_acknowledged(broker_url) == 0
 
     # A deliver message that comes again (its worker died before the ack) sends nothing.
@@ -137,8 +145,8 @@ def test_worker_analyses_and_delivers(tmp_path, postgres_url, broker_url, phanto
     task_id = get_celery_app(settings).send_task("hclal.deliver", args=[report_id], queue="deliver").id
     finished = wait_for_log(worker_processes[0], f"hclal.deliver[{task_id}] succeeded")
     assert finished.endswith(f"'{AnalysisState.DELIVERED.value}'")
-    assert delivery_rows(engine) == [(1, DeliveryStatus.SUCCESS)]
-    assert len(pacs.received) == 1
+    assert delivery_rows(engine) == delivered_once(engine)
+    assert len(pacs.received) == 2
 
 
 def wait_for_log(process: WorkerProcess, text: str, timeout: float = 120.0) -> str:
@@ -176,8 +184,8 @@ def test_killed_worker_task_completed_once(
     assert count_rows(engine, Lesion, Lesion.analysis_id == analysis_id) == truth_lesion_count(phantom_study)
     assert count_rows(engine, Lesion) == truth_lesion_count(phantom_study)
     assert count_rows(engine, Finding) == truth_lesion_count(phantom_study)
-    assert delivery_rows(engine) == [(1, DeliveryStatus.SUCCESS)]
-    assert [str(ds.SOPInstanceUID) for ds in pacs.received] == [report_uid(engine)]
+    assert delivery_rows(engine) == delivered_once(engine)
+    assert [str(ds.SOPInstanceUID) for ds in pacs.received] == report_documents(engine)
     assert wait_until_acknowledged(broker_url) == 0
 
 
@@ -209,8 +217,8 @@ def test_database_outage_retried(tmp_path, postgres_url, broker_url, phantom_stu
     assert state == AnalysisState.DELIVERED
     assert count_rows(engine, Report) == 1
     assert count_rows(engine, Lesion) == truth_lesion_count(phantom_study)
-    assert delivery_rows(engine) == [(1, DeliveryStatus.SUCCESS)]
-    assert [str(ds.SOPInstanceUID) for ds in pacs.received] == [report_uid(engine)]
+    assert delivery_rows(engine) == delivered_once(engine)
+    assert [str(ds.SOPInstanceUID) for ds in pacs.received] == report_documents(engine)
 
 
 @pytest.fixture
@@ -249,12 +257,17 @@ def test_delivery_survives_orthanc_outage(
     state = wait_for_analysis_state(engine, analysis_id, FINAL_STATES, ANALYSIS_TIMEOUT, worker_processes)
 
     assert state == AnalysisState.DELIVERED
-    rows = delivery_rows(engine)
+    report, outline = report_documents(engine)
+    rows = [(attempt, status) for uid, attempt, status in delivery_rows(engine) if uid == report]
     assert len(rows) >= 2
     assert [attempt for attempt, _ in rows] == list(range(1, len(rows) + 1))
     assert {status for _, status in rows[:-1]} == {DeliveryStatus.TRANSIENT_FAILURE}
     assert rows[-1][1] == DeliveryStatus.SUCCESS
-    assert orthanc_holds(orthanc, report_uid(engine))
+    assert [(attempt, status) for uid, attempt, status in delivery_rows(engine) if uid == outline] == [
+        (1, DeliveryStatus.SUCCESS)
+    ]
+    assert orthanc_holds(orthanc, report)
+    assert orthanc_holds(orthanc, outline)
 
 
 def wait_for_failed_attempt(engine: Engine, timeout: float, worker_processes: list[WorkerProcess]) -> None:

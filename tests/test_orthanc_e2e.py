@@ -17,7 +17,7 @@ from pathlib import Path
 import pydicom
 import pytest
 import redis
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 
 from dicom.network.sender import dicom_files
 from models.vocabulary import load_vocabulary
@@ -133,23 +133,26 @@ def test_orthanc_forward_reported_once(tmp_path, phantom_study, hospital, broker
         report = session.scalars(select(Report)).one()
         study_uid = report.analysis.study.study_instance_uid
         sr_uid, sr_series_uid = report.sop_instance_uid, report.series_instance_uid
+        outline_uid = report.outline_sop_instance_uid
+        sent = pydicom.dcmread(report.file_path)
+        outline = pydicom.dcmread(report.outline_file_path)
         findings = {
             lesion.segment_number: (lesion.finding.site_id, lesion.finding.code_value, lesion.finding.code_scheme)
             for lesion in session.scalars(select(Lesion))
         }
-        deliveries = [(row.attempt, row.status) for row in session.scalars(select(Delivery))]
-    assert deliveries == [(1, DeliveryStatus.SUCCESS)]
-    sent = pydicom.dcmread(report_path(engine))
+        deliveries = [(row.sop_instance_uid, row.attempt, row.status) for row in session.scalars(select(Delivery))]
+    assert deliveries == [(sr_uid, 1, DeliveryStatus.SUCCESS), (outline_uid, 1, DeliveryStatus.SUCCESS)]
+    # The report and its outline document (for web viewers) are two SR series.
+    descriptions = {sr_series_uid: str(sent.SeriesDescription), str(outline.SeriesInstanceUID): str(outline.SeriesDescription)}
 
-    # C-FIND: the SR series of the study, then the SR instance itself.
+    # C-FIND: the SR series of the study, then the report instance itself.
     series = find_with_dcmtk(
         pacs,
         {"QueryRetrieveLevel": "SERIES", "StudyInstanceUID": study_uid, "Modality": "SR",
          "SeriesInstanceUID": "", "SeriesDescription": ""},
         tmp_path / "find-series",
     )
-    assert [str(ds.SeriesInstanceUID) for ds in series] == [sr_series_uid]
-    assert series[0].SeriesDescription == sent.SeriesDescription
+    assert {str(ds.SeriesInstanceUID): str(ds.SeriesDescription) for ds in series} == descriptions
     images = find_with_dcmtk(
         pacs,
         {"QueryRetrieveLevel": "IMAGE", "StudyInstanceUID": study_uid, "SeriesInstanceUID": sr_series_uid,
@@ -158,14 +161,13 @@ def test_orthanc_forward_reported_once(tmp_path, phantom_study, hospital, broker
     )
     assert [str(ds.SOPInstanceUID) for ds in images] == [sr_uid]
 
-    # REST: the study lists one SR series with the report's description and one instance.
+    # REST: the study lists the two SR series with their descriptions, one instance each.
     study_id = orthanc_study_id(pacs, study_uid)
-    sr_series = orthanc_sr_series(pacs, study_id)
-    assert len(sr_series) == 1
-    assert sr_series[0]["MainDicomTags"]["SeriesDescription"] == str(sent.SeriesDescription)
-    assert len(sr_series[0]["Instances"]) == 1
+    sr_series = {entry["MainDicomTags"]["SeriesInstanceUID"]: entry for entry in orthanc_sr_series(pacs, study_id)}
+    assert {uid: entry["MainDicomTags"]["SeriesDescription"] for uid, entry in sr_series.items()} == descriptions
+    assert [len(entry["Instances"]) for entry in sr_series.values()] == [1, 1]
     stored_path = tmp_path / "stored-sr.dcm"
-    stored_path.write_bytes(pacs.request_bytes("GET", f"/instances/{sr_series[0]['Instances'][0]}/file"))
+    stored_path.write_bytes(pacs.request_bytes("GET", f"/instances/{sr_series[sr_series_uid]['Instances'][0]}/file"))
     assert str(pydicom.dcmread(stored_path).SOPInstanceUID) == sr_uid
     ok, output = validate([stored_path])
     assert ok, output
@@ -190,10 +192,4 @@ def test_orthanc_forward_reported_once(tmp_path, phantom_study, hospital, broker
     assert count_rows(engine, Report) == 1
     assert localize_queue_length(broker_url) == 0
     assert pacs.request("GET", f"/studies/{study_id}/statistics")["CountInstances"] == orthanc_instances
-    assert len(orthanc_sr_series(pacs, study_id)) == 1
-    assert len(orthanc_sr_series(pacs, study_id)[0]["Instances"]) == 1
-
-
-def report_path(engine: Engine) -> Path:
-    with engine.connect() as connection:
-        return Path(connection.scalar(select(Report.file_path)))
+    assert [len(entry["Instances"]) for entry in orthanc_sr_series(pacs, study_id)] == [1, 1]
