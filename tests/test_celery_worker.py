@@ -37,7 +37,8 @@ from worker.config import Destination, Settings
 from worker.db.models import Analysis, AnalysisState, Delivery, DeliveryStatus, Finding, Lesion, Report
 from worker.db.session import get_engine, session_scope
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+# Each test starts worker processes and runs at least one analysis: over 30 s on two cores.
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
 RUNNING_STATES = {AnalysisState.STARTED, AnalysisState.LOCALISED}
 # Seconds before a task of a killed worker goes to another worker.
@@ -189,7 +190,6 @@ def test_killed_worker_task_completed_once(
     assert wait_until_acknowledged(broker_url) == 0
 
 
-@pytest.mark.slow
 def test_database_outage_retried(tmp_path, postgres_url, broker_url, phantom_study, tiny_models, pacs, worker_processes):
     proxy = TcpProxy(target_port=make_url(postgres_url).port)
     proxy.open()
@@ -233,7 +233,6 @@ def orthanc_holds(server: OrthancServer, sop_instance_uid: str) -> bool:
     return len(found) == 1
 
 
-@pytest.mark.slow
 @pytest.mark.orthanc
 def test_delivery_survives_orthanc_outage(
     tmp_path, postgres_url, broker_url, phantom_study, tiny_models, orthanc, worker_processes
