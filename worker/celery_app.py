@@ -35,11 +35,13 @@ def create_celery_app(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # NOTE: Celery 5.7's solo and threads pools do not enforce time limits; only
+        # prefork (--pool prefork) kills a task that runs past them.
         task_time_limit=settings.task_time_limit,
         task_soft_time_limit=settings.task_time_limit * 0.9,
         task_default_queue="localize",
         task_routes={"hclal.localize": {"queue": "localize"}, "hclal.deliver": {"queue": "deliver"}},
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
+        broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
         task_ignore_result=settings.result_backend is None,
         worker_hijack_root_logger=False,
@@ -50,6 +52,23 @@ def create_celery_app(settings: Settings) -> Celery:
 
     register_tasks(app, settings)
     return app
+
+
+def broker_transport_options(settings: Settings) -> dict[str, float | int]:
+    """Return the kombu Redis transport options that bound how late a lost task is redelivered.
+
+    A task taken by a worker that died stays in Redis' ``unacked`` hash until a
+    live worker's sweep finds it older than ``visibility_timeout``. By default kombu 5.7
+    runs a sweep every ``unacked_restore_interval`` (10 s) and scans Redis only on every
+    ``unacked_restore_throttle``-th (10th) sweep, so a lost task could wait 100 s beyond
+    the timeout. Here every sweep scans, and sweeps run 1 to 10 s apart.
+    """
+    timeout = settings.broker_visibility_timeout
+    return {
+        "visibility_timeout": timeout,
+        "unacked_restore_interval": min(max(timeout / 2, 1.0), 10.0),
+        "unacked_restore_throttle": 1,
+    }
 
 
 def get_celery_app(settings: Settings) -> Celery:

@@ -59,7 +59,7 @@ def enqueue_delivery(settings: Settings, report_id: int) -> None:
         return
     from worker.delivery import deliver_report
 
-    deliver_report(settings, report_id)
+    deliver_report(settings, report_id, force=False)
 
 
 def wait_for_in_process_tasks(settings: Settings) -> None:

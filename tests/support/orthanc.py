@@ -46,16 +46,20 @@ class OrthancServer:
 
     def request(self, method: str, path: str, body: bytes | dict | list | None = None) -> Any:
         """Call the REST API and return the decoded JSON response (None if empty)."""
+        payload = self.request_bytes(method, path, body)
+        return json.loads(payload) if payload else None
+
+    def request_bytes(self, method: str, path: str, body: bytes | dict | list | None = None) -> bytes:
+        """Call the REST API and return the raw response body, e.g. ``GET /instances/{id}/file``."""
         data = json.dumps(body).encode() if isinstance(body, dict | list) else body
         request = urllib.request.Request(f"{self.http_url}{path}", data=data, method=method)
         try:
             with urllib.request.urlopen(request, timeout=120) as response:
-                payload = response.read()
+                return response.read()
         except urllib.error.HTTPError as exc:
             raise OrthancError(
                 f"{method} {path} failed with HTTP {exc.code}: {exc.read()[:500]!r}"
             ) from exc
-        return json.loads(payload) if payload else None
 
     def upload(self, path: Path) -> str:
         """Upload a DICOM file (``POST /instances``) and return its Orthanc instance id."""
@@ -70,6 +74,19 @@ class OrthancServer:
         return self.request(
             "POST", f"/modalities/{name}/store", {"Resources": resource_ids, "Synchronous": True}
         )
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Start Orthanc again with the same configuration: same ports, database and storage.
+
+        Stops it first if it is running. A peer that knew the old DICOM port finds it there again.
+        """
+        self.stop()
+        self.process = _launch(self.folder)
+        try:
+            _wait_until_ready(self, timeout)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """Stop Orthanc (SIGTERM, then SIGKILL after 20 s) and wait for it to exit."""
@@ -110,9 +127,6 @@ def start_orthanc(
     ValueError
         If a modality is not on 127.0.0.1.
     """
-    binary = shutil.which("Orthanc")
-    if binary is None:
-        raise OrthancError("Orthanc is not installed (apt-get install orthanc)")
     for name, (_, host, _) in modalities.items():
         if host not in LOOPBACK_HOSTS:
             raise ValueError(f"modality {name} must be on 127.0.0.1, not {host}")
@@ -136,19 +150,24 @@ def start_orthanc(
     config_path = folder / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2))
 
-    log = (folder / "orthanc.log").open("wb")
-    process = subprocess.Popen(
-        [binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT, cwd=folder
-    )
-    server = OrthancServer(process, f"http://127.0.0.1:{http_port}", dicom_port, aet, folder)
+    server = OrthancServer(_launch(folder), f"http://127.0.0.1:{http_port}", dicom_port, aet, folder)
     try:
         _wait_until_ready(server, timeout)
     except BaseException:
         server.stop()
         raise
-    finally:
-        log.close()
     return server
+
+
+def _launch(folder: Path) -> subprocess.Popen:
+    """Start Orthanc with ``folder/orthanc.json``, appending its output to ``folder/orthanc.log``."""
+    binary = shutil.which("Orthanc")
+    if binary is None:
+        raise OrthancError("Orthanc is not installed (apt-get install orthanc)")
+    with (folder / "orthanc.log").open("ab") as log:
+        return subprocess.Popen(
+            [binary, str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT, cwd=folder
+        )
 
 
 def _wait_until_ready(server: OrthancServer, timeout: float) -> None:
