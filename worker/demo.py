@@ -152,14 +152,17 @@ def run_demo(output_dir: Path, seed: int, lesions: int, progress=None, timeout: 
     started = time.monotonic()
     output_dir.mkdir(parents=True, exist_ok=True)
 
+    pacs = ReceivingPacs(output_dir / "pacs")
+    settings = demo_settings(output_dir, pacs.port)
+    say("loading the models")
+    _load_models(settings)
+
     say(f"generating phantom study (seed {seed}, {lesions} lesions)")
     study_dir = output_dir / "study"
     generate_study(study_dir, seed=seed, lesions=lesions)
     truth = json.loads((study_dir / "truth.json").read_text())
 
-    pacs = ReceivingPacs(output_dir / "pacs")
     pacs.start()
-    settings = demo_settings(output_dir, pacs.port)
     scp = create_scp(settings)
     scp.start()
     try:
@@ -168,8 +171,7 @@ def run_demo(output_dir: Path, seed: int, lesions: int, progress=None, timeout: 
         send_files(files, "127.0.0.1", settings.scp_port, settings.ae_title, calling_ae_title="DEMOSCU")
 
         say("analysing and sending the report back")
-        if not pacs.arrived.wait(timeout):
-            raise DemoError(_missing_report_reason(settings, timeout))
+        _wait_for_report(settings, pacs, timeout)
     finally:
         scp.stop()
         pacs.stop()
@@ -178,6 +180,40 @@ def run_demo(output_dir: Path, seed: int, lesions: int, progress=None, timeout: 
     say("drawing the preview")
     preview = write_preview(study_dir, rows, output_dir / "preview.png")
     return DemoResult(rows, pacs.received[0], preview, output_dir, time.monotonic() - started)
+
+
+def _load_models(settings: Settings) -> None:
+    """Load the localizer now, so that a missing or invalid model stops the demo at once."""
+    from models.checkpoint import CheckpointError
+    from worker.localizer_cache import get_localizer
+
+    try:
+        get_localizer(settings)
+    except (CheckpointError, FileNotFoundError) as exc:
+        raise DemoError(
+            f"cannot load the models: {exc}; set HCLAL_COARSE_MODEL and HCLAL_FINE_MODEL, "
+            "or rebuild the demo model with models/demo/reproduce.sh"
+        ) from exc
+
+
+def _wait_for_report(settings: Settings, pacs: ReceivingPacs, timeout: float) -> None:
+    """Wait until the PACS has the report; stop early when the analysis failed."""
+    import time
+
+    from sqlalchemy import select
+
+    from worker.db.models import Analysis, AnalysisState
+    from worker.db.session import get_engine, session_scope
+
+    deadline = time.monotonic() + timeout
+    engine = get_engine(settings.effective_database_url)
+    while not pacs.arrived.wait(0.5):
+        with session_scope(engine) as session:
+            states = set(session.scalars(select(Analysis.state)))
+        if AnalysisState.FAILED in states or AnalysisState.DELIVERY_FAILED in states:
+            raise DemoError(_missing_report_reason(settings, timeout))
+        if time.monotonic() > deadline:
+            raise DemoError(_missing_report_reason(settings, timeout))
 
 
 def _missing_report_reason(settings: Settings, timeout: float) -> str:
@@ -191,7 +227,7 @@ def _missing_report_reason(settings: Settings, timeout: float) -> str:
         if analysis is None:
             return f"the study was not queued within {timeout:.0f} s; see the log for the SCP's reasons"
         return (
-            f"no report reached the PACS within {timeout:.0f} s; analysis {analysis.id} is "
+            f"no report reached the PACS; analysis {analysis.id} is "
             f"{analysis.state.value}" + (f": {analysis.error}" if analysis.error else "")
         )
 
