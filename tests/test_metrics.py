@@ -8,6 +8,7 @@ of their own as the Celery broker, emptied after the test.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -205,3 +206,22 @@ def test_worker_serves_metric_families(tmp_path: Path, worker_redis: str) -> Non
     exposed = families(text)
     for name, kind in METRIC_FAMILIES.items():
         assert exposed.get(name) == kind, f"{name} missing or not a {kind}"
+
+
+def test_scp_reports_metrics_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as occupant:
+        occupant.bind(("127.0.0.1", 0))
+        occupant.listen()
+        taken = occupant.getsockname()[1]
+        command = [
+            sys.executable, "-m", "worker", "scp", "--host", "127.0.0.1", "--port", str(free_port()),
+            "--metrics-port", str(taken),
+        ]  # fmt: skip
+        result = subprocess.run(
+            command, cwd=ROOT, env=environment(tmp_path, ""), capture_output=True, text=True, timeout=120
+        )
+
+    assert result.returncode == 1
+    assert f"cannot serve metrics on 127.0.0.1:{taken}" in result.stderr
+    assert "choose another --metrics-port" in result.stderr
+    assert "listening on" not in result.stderr

@@ -62,19 +62,19 @@ def scp_command(
     LOGGER.info("resumed %d SEG instances of studies still receiving", resumed)
 
     try:
+        serve_metrics(settings.metrics_port, settings.scp_host)
+    except OSError as exc:
+        fail(
+            f"cannot serve metrics on {settings.scp_host}:{settings.metrics_port}: {exc.strerror}; "
+            "choose another --metrics-port or stop the program that uses it"
+        )
+
+    try:
         scp.start()
     except OSError as exc:
         fail(
             f"cannot listen on {settings.scp_host}:{settings.scp_port}: {exc.strerror}; "
             "choose another --port or stop the program that uses it"
-        )
-    try:
-        serve_metrics(settings.metrics_port, settings.scp_host)
-    except OSError as exc:
-        scp.stop()
-        fail(
-            f"cannot serve metrics on {settings.scp_host}:{settings.metrics_port}: {exc.strerror}; "
-            "choose another --metrics-port or stop the program that uses it"
         )
     monitor = QuietPeriodMonitor(scp.tracker)
     monitor.start()
