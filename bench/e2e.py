@@ -14,8 +14,8 @@ reference, measured in the same run, is the transfer time of the study itself,
 so ``ratio_p50`` compares the analysis with the bare C-STORE on the same machine
 and load.
 
-The shipped demo model is used when ``models/demo`` holds one; otherwise
-random tiny models (``tests/support/tiny_models.py``) stand in, and the output
+The shipped demo model is used when ``models/demo`` holds its ``coarse/`` and
+``fine/`` checkpoints; otherwise random tiny models (``tests/support/tiny_models.py``) stand in, and the output
 says so in ``model``.
 
 Prints one JSON line. Run it from the repository root: ``python bench/e2e.py``.
@@ -89,7 +89,8 @@ def model_settings(work: Path) -> tuple[dict[str, Path], str]:
     from tests.support.tiny_models import write_tiny_models
 
     coarse, fine = write_tiny_models(work / "tiny-models")
-    return {"coarse_model": coarse, "fine_model": fine}, "random tiny models (models/demo is absent)"
+    description = "random tiny models (models/demo has no coarse/ and fine/ checkpoints)"
+    return {"coarse_model": coarse, "fine_model": fine}, description
 
 
 def sender_name() -> str:
