@@ -49,6 +49,8 @@ from dicom.contour import outline_lesion
 logger = logging.getLogger(__name__)
 
 SERIES_DESCRIPTION = "HCL-AL lesion sites"
+# The outline document: planar groups only, one label per lesion that OHIF 3 can show in full.
+OUTLINE_SERIES_DESCRIPTION = "HCL-AL lesion outlines"
 
 # UTF-8 (PS3.3 C.12.1.1.2, ISO_IR 192) encodes any patient name the source
 # images carry, whatever their own Specific Character Set.
@@ -249,6 +251,11 @@ class ReportInputs:
         Earlier SR of the same study that this one replaces.
     procedure : pydicom.sr.coding.Code
         Procedure Reported (CID 100).
+    outlines_only : bool
+        Write only the planar groups (outline, area, finding site). OHIF 3 merges
+        the groups that share a Tracking UID into one label of at most five lines,
+        with the finding site last, so in the full report the site is cut off; the
+        outline document gives each lesion a label that ends with its site.
     """
 
     ct_images: Sequence[Dataset]
@@ -264,6 +271,7 @@ class ReportInputs:
     series_description: str = SERIES_DESCRIPTION
     predecessor: PredecessorReport | None = None
     procedure: Code = field(default_factory=lambda: PET_CT_FDG_WHOLE_BODY)
+    outlines_only: bool = False
 
 
 def laterality_code(laterality: str | None) -> Code | None:
@@ -486,7 +494,8 @@ def build_measurement_report(inputs: ReportInputs) -> hd.sr.Comprehensive3DSR:
         | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
     ] = []
     for finding in inputs.findings:
-        groups.append(_volumetric_group(finding, inputs))
+        if not inputs.outlines_only:
+            groups.append(_volumetric_group(finding, inputs))
         groups.append(_planar_group(finding, inputs))
 
     report = hd.sr.MeasurementReport(

@@ -30,7 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from models.training.config import build_config, read_config_file
-from models.training.dataset import BOX_COLUMNS, CONNECTIVITY_26, IMAGE_COLUMNS, ImageGrid, read_image
+from models.training.dataset import BOX_COLUMNS, CONNECTIVITY_26, IMAGE_COLUMNS, ImageGrid, mask_box, read_image
 
 LOGGER = logging.getLogger(__name__)
 
@@ -111,30 +111,18 @@ def same_grid(first: ImageGrid, second: ImageGrid) -> bool:
 def mask_lesions(mask: ImageGrid) -> list[MaskLesion]:
     """Split a mask image into its 26-connected components, in label order.
 
-    Each box is the extent of the component's voxels, edge to edge, in LPS mm.
+    ``size_mm`` is the extent of the component's voxels edge to edge and ``bbox_mm`` the
+    extent of their centres, both in LPS mm.
     """
     labels, count = ndimage.label(mask.array > 0, structure=CONNECTIVITY_26)
     lesions = []
     for number, region in enumerate(ndimage.find_objects(labels), start=1):
         component = labels[region] == number
-        low = np.array([s.start for s in region], dtype=np.float64)
-        high = np.array([s.stop - 1 for s in region], dtype=np.float64)
-        # Voxel-centre corners to LPS, then widen by half a voxel along each axis.
-        corners = np.array([[a, b, c, 1.0] for a in (low[0], high[0]) for b in (low[1], high[1]) for c in (low[2], high[2])])
-        points = (mask.affine @ corners.T).T[:, :3]
-        half_voxel = np.abs(mask.affine[:3, :3]).sum(axis=1) / 2
-        lps_low, lps_high = points.min(axis=0), points.max(axis=0)
-        centre = (lps_low + lps_high) / 2
-        size = lps_high - lps_low + 2 * half_voxel
-        lesions.append(
-            MaskLesion(
-                tuple(np.concatenate([lps_low, lps_high]).tolist()),
-                component,
-                tuple(int(s.start) for s in region),
-                tuple(centre.tolist()),
-                tuple(size.tolist()),
-            )
-        )
+        origin = tuple(int(s.start) for s in region)
+        centre, size = mask_box(mask.affine, origin, component)
+        half_extent = (size - np.abs(mask.affine[:3, :3]).sum(axis=1)) / 2
+        bbox = tuple(np.concatenate([centre - half_extent, centre + half_extent]).tolist())
+        lesions.append(MaskLesion(bbox, component, origin, tuple(centre.tolist()), tuple(size.tolist())))
     LOGGER.info("mask %s: %d lesions (26-connected components)", mask.series_instance_uid, count)
     return lesions
 

@@ -6,6 +6,8 @@ A checkpoint is a folder with two files:
     The image encoder's state dict (keys as in :class:`~models.networks.ImageEncoder`)
     and ``prompt_embeddings``, one row per vocabulary prompt in the order of
     ``site_ids``. Text encoders are frozen, so inference needs no text encoder.
+    Models trained with the sentence encoder may add its linear projection under
+    ``text_projection.*``.
 ``model.json``
     :class:`CheckpointMetadata`: architecture, crop grid, normalisers, channel order,
     vocabulary, training summary, format version and the SHA-256 of the weights file.
@@ -43,6 +45,9 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "model.json"
 PROMPT_EMBEDDINGS_KEY = "prompt_embeddings"
+# Optional trainable text projection of sentence-encoder checkpoints, which lets
+# inference re-encode prompts whose vocabulary description changed.
+TEXT_PROJECTION_PREFIX = "text_projection."
 ARCHITECTURE = "hclal-residual3d"
 LEVELS = ("coarse", "fine")
 DEFAULT_CHANNELS = ("ct", "pet", "mask")
@@ -60,7 +65,7 @@ HCLAL_PUBLISHED_CROPS = {(96, 96, 128): "coarse", (64, 64, 64): "fine"}
 
 
 class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, unsafe to read or inconsistent; the message says which."""
+    """A checkpoint is missing, corrupt, unsafe to read or inconsistent; the message names the problem."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,7 @@ class Checkpoint:
     image_encoder: ImageEncoder
     prompt_embeddings: torch.Tensor
     path: Path | None = None
+    text_projection: dict[str, torch.Tensor] | None = None
 
 
 def build_image_encoder(metadata: CheckpointMetadata) -> ImageEncoder:
@@ -205,6 +211,7 @@ def save_checkpoint(
     image_encoder: ImageEncoder,
     prompt_embeddings: torch.Tensor,
     metadata: CheckpointMetadata,
+    text_projection: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a checkpoint folder and return its path.
 
@@ -218,6 +225,10 @@ def save_checkpoint(
         ``(len(metadata.site_ids), metadata.embed_dim)`` text embeddings.
     metadata
         Description of the model; ``created`` and ``weights_sha256`` are filled in here.
+    text_projection
+        State dict (``weight``, ``bias``) of the linear layer that maps sentence-encoder
+        features to the prompt embeddings, for models trained with
+        :class:`~models.networks.sentence.SentenceEncoder`.
     """
     rows = len(metadata.site_ids)
     if tuple(prompt_embeddings.shape) != (rows, metadata.embed_dim):
@@ -235,6 +246,8 @@ def save_checkpoint(
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().cpu().contiguous() for key, value in state.items()}
     tensors[PROMPT_EMBEDDINGS_KEY] = prompt_embeddings.detach().to("cpu", torch.float32).contiguous()
+    for key, value in (text_projection or {}).items():
+        tensors[TEXT_PROJECTION_PREFIX + key] = value.detach().to("cpu", torch.float32).contiguous()
     weights_path = out_dir / WEIGHTS_FILE
     save_file(tensors, str(weights_path), metadata={"format": "hclal", "version": str(FORMAT_VERSION)})
 
@@ -252,6 +265,8 @@ def save_checkpoint(
 def read_metadata(path: Path) -> CheckpointMetadata:
     """Read ``model.json`` of the checkpoint folder ``path``."""
     metadata_path = Path(path) / METADATA_FILE
+    if not Path(path).is_dir():
+        raise CheckpointError(f"checkpoint folder {path} not found")
     if not metadata_path.is_file():
         raise CheckpointError(
             f"{path} is not a checkpoint folder: {METADATA_FILE} not found "
@@ -295,13 +310,16 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoin
             f"expected ({len(metadata.site_ids)}, {metadata.embed_dim})"
         )
 
+    projection_keys = [key for key in tensors if key.startswith(TEXT_PROJECTION_PREFIX)]
+    text_projection = {key.removeprefix(TEXT_PROJECTION_PREFIX): tensors.pop(key) for key in projection_keys}
+
     encoder = build_image_encoder(metadata)
     try:
         encoder.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"image encoder weights in {weights_path} do not match {METADATA_FILE}: {exc}") from None
     encoder.eval().to(device)
-    return Checkpoint(metadata, encoder, prompt_embeddings.to(device), path)
+    return Checkpoint(metadata, encoder, prompt_embeddings.to(device), path, text_projection or None)
 
 
 # Import of published HCL-AL checkpoints.
@@ -366,10 +384,12 @@ def split_hclal_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[
     return parts
 
 
-def normalizers_from_hclal(crop_normalizers: Sequence[Mapping[str, Any]], channels: int) -> tuple[Normalizer | None, ...]:
+def normalizers_from_hclal(crop_normalizers: Sequence[Any], channels: int) -> tuple[Normalizer | None, ...]:
     """Convert the published per-channel ``{mean, stddev, clip}`` entries.
 
-    Missing entries (the mask channel in the published models) mean no normalisation.
+    Entries may be mappings or, in files read with ``--trust-pickle``, objects with
+    those attributes. Missing entries (the mask channel in the published models) mean
+    no normalisation.
     """
     result: list[Normalizer | None] = []
     for index in range(channels):
@@ -377,7 +397,11 @@ def normalizers_from_hclal(crop_normalizers: Sequence[Mapping[str, Any]], channe
         if not entry:
             result.append(None)
             continue
-        result.append(Normalizer(float(entry["mean"]), float(entry["stddev"]), bool(entry["clip"])))
+        try:
+            values = [entry[name] if isinstance(entry, Mapping) else getattr(entry, name) for name in ("mean", "stddev", "clip")]
+        except (KeyError, AttributeError) as exc:
+            raise CheckpointError(f"crop normaliser of channel {index} lacks {exc}; expected mean, stddev and clip") from None
+        result.append(Normalizer(float(values[0]), float(values[1]), bool(values[2])))
     return tuple(result)
 
 

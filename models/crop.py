@@ -3,9 +3,13 @@
 Each crop is an axis-aligned grid in LPS patient coordinates (DICOM PS3.3 C.7.6.2.1.1).
 Its array index ``[z, y, x]`` increases towards the patient's left (+x), posterior (+y)
 and head (+z) whatever the acquisition orientation, so left and right in a crop are
-the patient's. Voxel centres are symmetric about the lesion centre. Every grid point is
-mapped through the inverse of each volume's affine, and all lesions of a study are
-sampled together with :func:`torch.nn.functional.grid_sample`.
+the patient's. Voxel centres are symmetric about the lesion centre.
+
+Trilinear interpolation is separable when a volume's voxel axes are parallel to the
+patient axes, as in any axial, coronal or sagittal stack, flipped or not. Each crop is
+then three matrix products with 1-D interpolation weights on the block of voxels it
+covers. Oblique volumes map every grid point through the inverse affine and use
+:func:`torch.nn.functional.grid_sample`; the results agree.
 
 Channels, as the published HCL-AL models expect them:
 
@@ -24,7 +28,7 @@ matters for crops that reach past the image.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -40,8 +44,9 @@ if TYPE_CHECKING:
 
 LOGGER = logging.getLogger(__name__)
 
-# Lesions sampled per grid_sample call; a coarse crop is 1.2 M points, 14 MB of grid each.
-DEFAULT_CHUNK = 8
+# Relative size of off-axis affine terms below which a voxel axis counts as parallel
+# to a patient axis.
+AXIS_ALIGNMENT_TOLERANCE = 1e-6
 
 
 class CropError(ValueError):
@@ -85,13 +90,15 @@ class CropSpec:
 
 def grid_offsets(spec: CropSpec, device: torch.device) -> torch.Tensor:
     """Return the ``(z, y, x, 3)`` LPS offsets in mm of the crop's voxel centres from its centre."""
-    axes = [
-        (torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2.0) * spacing
+    return grid_points(crop_axes(spec, device))
+
+
+def crop_axes(spec: CropSpec, device: torch.device) -> list[torch.Tensor]:
+    """Return the 1-D LPS offsets in mm of the crop's voxel centres along x, y and z."""
+    return [
+        ((torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2.0) * spacing).to(torch.float32)
         for size, spacing in zip(spec.size, spec.spacing, strict=True)
     ]
-    z_axis, y_axis, x_axis = axes[2], axes[1], axes[0]
-    grid_z, grid_y, grid_x = torch.meshgrid(z_axis, y_axis, x_axis, indexing="ij")
-    return torch.stack([grid_x, grid_y, grid_z], dim=-1).to(torch.float32)
 
 
 def lps_to_index(points: torch.Tensor, affine: np.ndarray) -> torch.Tensor:
@@ -154,11 +161,99 @@ def mask_channel(lesion: LesionMeasurement, ct: Volume, points: torch.Tensor) ->
     return values.to(torch.float32)
 
 
-def box_channel(centre: Sequence[float], size_mm: Sequence[float], points: torch.Tensor) -> torch.Tensor:
-    """Return 1 at ``points`` inside the axis-aligned box, 0 elsewhere (the mask of box mode)."""
-    centre_t = torch.tensor(centre, dtype=points.dtype, device=points.device)
-    half = torch.tensor(size_mm, dtype=points.dtype, device=points.device) / 2
-    return ((points - centre_t).abs() <= half).all(dim=-1).to(torch.float32)
+def axis_alignment(affine: np.ndarray) -> tuple[tuple[int, int, int], np.ndarray] | None:
+    """Return the patient axis and signed step (mm) of each voxel axis, or ``None`` if oblique."""
+    matrix = np.asarray(affine, dtype=np.float64)[:3, :3]
+    world = tuple(int(axis) for axis in np.argmax(np.abs(matrix), axis=0))
+    if sorted(world) != [0, 1, 2]:
+        return None
+    steps = matrix[list(world), [0, 1, 2]]
+    off_axis = matrix.copy()
+    off_axis[list(world), [0, 1, 2]] = 0.0
+    if np.abs(off_axis).max() > AXIS_ALIGNMENT_TOLERANCE * np.abs(steps).max():
+        return None
+    return world, steps  # type: ignore[return-value]
+
+
+def axis_indices(
+    coordinates: Sequence[torch.Tensor], affine: np.ndarray, world: Sequence[int], steps: np.ndarray
+) -> list[torch.Tensor]:
+    """Map 1-D LPS coordinates ``(x, y, z)`` to continuous indices along each voxel axis."""
+    origin = np.asarray(affine, dtype=np.float64)[:3, 3]
+    return [
+        (coordinates[world[axis]] - float(origin[world[axis]])) / float(steps[axis]) for axis in range(3)
+    ]
+
+
+def to_crop_order(block: torch.Tensor, world: Sequence[int]) -> torch.Tensor:
+    """Permute a block indexed by voxel axes into crop order ``(z, y, x)``."""
+    return block.permute([list(world).index(axis) for axis in (2, 1, 0)])
+
+
+def interpolation_matrix(index: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """Return the ``(len(index), size)`` matrix of 1-D linear interpolation weights at ``index``.
+
+    Indices past the outer voxel centres take the border value, as in :func:`sample_linear`.
+    """
+    clamped = index.clamp(0, size - 1)
+    lower = clamped.floor().long().clamp(max=max(size - 2, 0))
+    upper = (lower + 1).clamp(max=size - 1)
+    weight = (clamped - lower).to(dtype)
+    rows = torch.arange(len(index), device=index.device)
+    matrix = torch.zeros((len(index), size), dtype=dtype, device=index.device)
+    matrix.index_put_((rows, lower), 1 - weight, accumulate=True)
+    matrix.index_put_((rows, upper), weight, accumulate=True)
+    return matrix
+
+
+def interpolate_separable(data: torch.Tensor, indices: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Trilinearly sample ``data`` on the outer product of 1-D continuous indices.
+
+    Each axis is one matrix product with its interpolation weights, applied to the
+    block of voxels that the indices reach.
+    """
+    block = data
+    matrices = []
+    for axis, index in enumerate(indices):
+        size = data.shape[axis]
+        clamped = index.clamp(0, size - 1)
+        start = int(clamped.min().floor())
+        stop = min(int(clamped.max().floor()) + 2, size)
+        block = block.narrow(axis, start, stop - start)
+        matrices.append(interpolation_matrix(index - start, stop - start, data.dtype))
+
+    slices, rows, columns = block.shape
+    block = block.reshape(slices * rows, columns) @ matrices[2].T
+    block = matrices[1] @ block.reshape(slices, rows, -1)
+    return (matrices[0] @ block.reshape(slices, -1)).reshape(len(indices[0]), len(indices[1]), len(indices[2]))
+
+
+def outer_inside(indices: Sequence[torch.Tensor], shape: Sequence[int]) -> torch.Tensor:
+    """Return the 3-D mask of index triplets within the volume's extent, from 1-D indices."""
+    inside = [(index >= -0.5) & (index <= size - 0.5) for index, size in zip(indices, shape, strict=True)]
+    return inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
+
+
+def nearest_separable(mask: torch.Tensor, indices: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Sample a boolean ``mask`` by nearest neighbour on the outer product of 1-D indices; outside is 0."""
+    nearest = [torch.round(index).long() for index in indices]
+    valid = [(index >= 0) & (index < size) for index, size in zip(nearest, mask.shape, strict=True)]
+    block = mask
+    for axis in range(3):
+        block = block.index_select(axis, nearest[axis].clamp(0, mask.shape[axis] - 1))
+    inside = valid[0][:, None, None] & valid[1][None, :, None] & valid[2][None, None, :]
+    return (block & inside).to(torch.float32)
+
+
+def box_channel(
+    centre: Sequence[float], size_mm: Sequence[float], coordinates: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """Return the box-mode mask channel: 1 inside the box, on the grid with 1-D LPS coordinates ``(x, y, z)``."""
+    inside = [
+        ((coordinates[axis] - float(centre[axis])).abs() <= float(size_mm[axis]) / 2).to(torch.float32)
+        for axis in range(3)
+    ]
+    return inside[2][:, None, None] * inside[1][None, :, None] * inside[0][None, None, :]
 
 
 def lesion_box_centre(lesion: LesionMeasurement) -> tuple[float, float, float]:
@@ -171,12 +266,6 @@ def lesion_box_size(lesion: LesionMeasurement) -> tuple[float, float, float]:
     """Return the side lengths in mm of the lesion's bounding box of voxel centres."""
     box = lesion.bbox_mm
     return (box[3] - box[0], box[4] - box[1], box[5] - box[2])
-
-
-def chunks(count: int, size: int) -> Iterator[range]:
-    """Yield consecutive index ranges of at most ``size`` covering ``range(count)``."""
-    for start in range(0, count, size):
-        yield range(start, min(count, start + size))
 
 
 class StudyCropper:
@@ -194,11 +283,9 @@ class StudyCropper:
 
     def __init__(self, ct: Volume, pet: Volume | None, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
-        self.ct = ct
-        self.pet = pet
-        self._data = {"ct": self._to_device(ct)}
-        if pet is not None:
-            self._data["pet"] = self._to_device(pet)
+        self.volumes = {"ct": ct} if pet is None else {"ct": ct, "pet": pet}
+        self._data = {name: self._to_device(volume) for name, volume in self.volumes.items()}
+        self._alignment = {name: axis_alignment(volume.affine) for name, volume in self.volumes.items()}
 
     def _to_device(self, volume: Volume) -> torch.Tensor:
         array = np.asarray(volume.array)
@@ -214,7 +301,6 @@ class StudyCropper:
         spec: CropSpec,
         centres: Sequence[Sequence[float]],
         masks: Sequence[LesionMeasurement | tuple[Sequence[float], Sequence[float]]],
-        chunk: int = DEFAULT_CHUNK,
     ) -> torch.Tensor:
         """Return ``(len(centres), channels, z, y, x)`` float32 crops.
 
@@ -227,8 +313,6 @@ class StudyCropper:
         masks
             Per lesion, the :class:`LesionMeasurement` whose own mask fills the mask
             channel, or a ``(centre, size)`` box in mm whose inside is 1 (box mode).
-        chunk
-            Lesions sampled per call, which bounds the memory of the sampling grid.
         """
         if len(centres) != len(masks):
             raise CropError(f"{len(centres)} centres for {len(masks)} masks")
@@ -237,45 +321,72 @@ class StudyCropper:
             raise CropError(f"unknown channels {sorted(unknown)}")
 
         out = torch.zeros((len(centres), len(spec.channels), *spec.shape), dtype=torch.float32, device=self.device)
-        offsets = grid_offsets(spec, self.device)
-        centre_tensor = torch.as_tensor(np.asarray(centres, dtype=np.float32).reshape(-1, 3), device=self.device)
-        for batch in chunks(len(centres), max(1, chunk)):
-            points = centre_tensor[batch.start : batch.stop, None, None, None, :] + offsets
+        axes = crop_axes(spec, self.device)
+        for row, (centre, mask) in enumerate(zip(centres, masks, strict=True)):
+            coordinates = [float(centre[axis]) + axes[axis] for axis in range(3)]
             for index, channel in enumerate(spec.channels):
                 if channel == "mask":
-                    for row, lesion in zip(batch, (masks[i] for i in batch), strict=True):
-                        out[row, index] = self._mask(lesion, points[row - batch.start])
+                    out[row, index] = self._mask_channel(mask, coordinates)
                 elif channel in self._data:
-                    volume = self.ct if channel == "ct" else self.pet
-                    out[batch.start : batch.stop, index] = volume_channel(
-                        volume, points, spec.normalizer(channel), self._data[channel]
-                    )
+                    out[row, index] = self._volume_channel(channel, coordinates, spec.normalizer(channel))
         return out
 
-    def _mask(
-        self, lesion: LesionMeasurement | tuple[Sequence[float], Sequence[float]], points: torch.Tensor
+    def _volume_channel(
+        self, channel: str, coordinates: Sequence[torch.Tensor], normalizer: Normalizer | None
     ) -> torch.Tensor:
-        if isinstance(lesion, tuple):
-            return box_channel(lesion[0], lesion[1], points)
-        return mask_channel(lesion, self.ct, points)
+        """Sample one volume on the crop grid given by its 1-D LPS coordinates ``(x, y, z)``."""
+        volume, data = self.volumes[channel], self._data[channel]
+        alignment = self._alignment[channel]
+        if alignment is None:
+            return volume_channel(volume, grid_points(coordinates), normalizer, data)
 
-    def crop_lesions(self, spec: CropSpec, lesions: Sequence[LesionMeasurement], chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+        world, steps = alignment
+        indices = axis_indices(coordinates, volume.affine, world, steps)
+        values = normalise(interpolate_separable(data, indices), normalizer)
+        values = torch.where(outer_inside(indices, data.shape), values, torch.zeros_like(values))
+        return to_crop_order(values, world)
+
+    def _mask_channel(
+        self,
+        lesion: LesionMeasurement | tuple[Sequence[float], Sequence[float]],
+        coordinates: Sequence[torch.Tensor],
+    ) -> torch.Tensor:
+        """Return the lesion's own mask, or the box of box mode, on the crop grid."""
+        if isinstance(lesion, tuple):
+            return box_channel(lesion[0], lesion[1], coordinates)
+        ct = self.volumes["ct"]
+        alignment = self._alignment["ct"]
+        if alignment is None:
+            return mask_channel(lesion, ct, grid_points(coordinates))
+
+        world, steps = alignment
+        indices = axis_indices(coordinates, ct.affine, world, steps)
+        local = [index - origin for index, origin in zip(indices, lesion.mask_origin, strict=True)]
+        mask = torch.as_tensor(np.ascontiguousarray(lesion.mask, dtype=bool), device=self.device)
+        return to_crop_order(nearest_separable(mask, local), world)
+
+    def crop_lesions(self, spec: CropSpec, lesions: Sequence[LesionMeasurement]) -> torch.Tensor:
         """Crop each lesion centred on its bounding box, with its own mask as the mask channel."""
         centres = [lesion_box_centre(lesion) for lesion in lesions]
-        return self.crop(spec, centres, list(lesions), chunk)
+        return self.crop(spec, centres, list(lesions))
 
     def crop_boxes(
         self,
         spec: CropSpec,
         centres: Sequence[Sequence[float]],
         sizes: Sequence[Sequence[float]],
-        chunk: int = DEFAULT_CHUNK,
     ) -> torch.Tensor:
         """Crop boxes given by LPS centre and size in mm; the mask channel is 1 inside each box."""
         if len(centres) != len(sizes):
             raise CropError(f"{len(centres)} box centres for {len(sizes)} box sizes")
         boxes = [(tuple(c), tuple(s)) for c, s in zip(centres, sizes, strict=True)]
-        return self.crop(spec, centres, boxes, chunk)
+        return self.crop(spec, centres, boxes)
+
+
+def grid_points(coordinates: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Return the ``(z, y, x, 3)`` LPS points of the grid with 1-D coordinates ``(x, y, z)``."""
+    grid_z, grid_y, grid_x = torch.meshgrid(coordinates[2], coordinates[1], coordinates[0], indexing="ij")
+    return torch.stack([grid_x, grid_y, grid_z], dim=-1)
 
 
 def crop_lesions(

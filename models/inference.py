@@ -130,10 +130,13 @@ class RankedModel:
         self.checkpoint = checkpoint
         self.metadata = checkpoint.metadata
         self.spec = CropSpec.from_metadata(checkpoint.metadata)
-        self.encoder = checkpoint.image_encoder.to(device).eval()
-        self.prompts = F.normalize(checkpoint.prompt_embeddings.to(device, torch.float32), dim=-1)
-        self.row_site_ids = list(checkpoint.metadata.site_ids)
+        # Channels-last 3-D layout lets oneDNN and cuDNN pick faster convolutions: 4 coarse
+        # crops took 8.4 s instead of 10.8 s on a busy 2-core x86 VM (one A/B run).
+        self.encoder = checkpoint.image_encoder.to(device, memory_format=torch.channels_last_3d).eval()
         check_sites(checkpoint, vocabulary)
+        prompts = current_prompt_embeddings(checkpoint, vocabulary)
+        self.prompts = F.normalize(prompts.to(device, torch.float32), dim=-1)
+        self.row_site_ids = list(checkpoint.metadata.site_ids)
 
         self.site_ids = list(dict.fromkeys(self.row_site_ids))
         column = {site_id: index for index, site_id in enumerate(self.site_ids)}
@@ -143,14 +146,18 @@ class RankedModel:
 
     def embed(self, crops: torch.Tensor) -> torch.Tensor:
         """Return L2-normalised float32 image embeddings of a batch of crops."""
+        crops = crops.contiguous(memory_format=torch.channels_last_3d)
         return F.normalize(self.encoder(crops).float(), dim=-1)
 
     def site_probabilities(self, embeddings: torch.Tensor, row_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Return ``(lesions, sites)`` probabilities; rows where ``row_mask`` is false are excluded."""
-        logits = self.metadata.logit_scale * embeddings @ self.prompts.T
-        if row_mask is not None:
-            logits = logits.masked_fill(~row_mask, float("-inf"))
-        return torch.softmax(logits, dim=-1) @ self.row_to_site
+        # Scores stay in float32: under bf16 autocast, 100 * cosine would carry an error
+        # of about 0.4 before the softmax.
+        with torch.autocast(embeddings.device.type, enabled=False):
+            logits = self.metadata.logit_scale * embeddings.float() @ self.prompts.T
+            if row_mask is not None:
+                logits = logits.masked_fill(~row_mask, float("-inf"))
+            return torch.softmax(logits, dim=-1) @ self.row_to_site
 
 
 def check_sites(checkpoint: Checkpoint, vocabulary: Vocabulary) -> None:
@@ -168,6 +175,41 @@ def check_sites(checkpoint: Checkpoint, vocabulary: Vocabulary) -> None:
             metadata.level, checkpoint.path, metadata.vocabulary_id, metadata.vocabulary_sha256[:12],
             vocabulary.vocabulary_id, vocabulary.vocabulary_hash[:12],
         )
+
+
+def current_prompt_embeddings(checkpoint: Checkpoint, vocabulary: Vocabulary) -> torch.Tensor:
+    """Return the prompt embeddings, re-encoding rows whose site description changed since training.
+
+    Only checkpoints that store their sentence-encoder projection can re-encode; others,
+    such as imported HCL-AL models whose prompts are the published sentences, keep their
+    stored embeddings. The result is computed once, when the localizer loads.
+    """
+    metadata = checkpoint.metadata
+    embeddings = checkpoint.prompt_embeddings
+    if not metadata.prompts or checkpoint.text_projection is None:
+        return embeddings
+    changed = [
+        row
+        for row, (site_id, prompt) in enumerate(zip(metadata.site_ids, metadata.prompts, strict=True))
+        if vocabulary.site(site_id).description != prompt
+    ]
+    if not changed:
+        return embeddings
+
+    from models.networks.sentence import SentenceEncoder
+
+    encoder = SentenceEncoder(embed_dim=metadata.embed_dim)
+    encoder.projection.load_state_dict(checkpoint.text_projection)
+    descriptions = [vocabulary.site(metadata.site_ids[row]).description for row in changed]
+    with torch.inference_mode():
+        fresh = encoder(descriptions).to(embeddings.device, embeddings.dtype)
+    embeddings = embeddings.clone()
+    embeddings[changed] = fresh
+    LOGGER.info(
+        "re-encoded %d of %d %s prompts whose description changed in vocabulary %s",
+        len(changed), len(metadata.site_ids), metadata.level, vocabulary.vocabulary_id,
+    )
+    return embeddings
 
 
 def coarse_of(site: Site) -> str:
@@ -317,7 +359,7 @@ class Localizer:
         outputs = []
         for start in range(0, len(centres), self.batch_size):
             stop = start + self.batch_size
-            crops = cropper.crop(model.spec, centres[start:stop], masks[start:stop], chunk=self.batch_size)
+            crops = cropper.crop(model.spec, centres[start:stop], masks[start:stop])
             embeddings = model.embed(crops)
             row_mask = None if row_masks is None else row_masks[start:stop]
             outputs.append(model.site_probabilities(embeddings, row_mask))
@@ -335,20 +377,20 @@ class Localizer:
         if self.fine is None:
             return {}
         candidate_masks = []
-        kept = []
+        with_candidates = []
         for index in rows:
             allowed = {site_id for site_id, _ in coarse_topk[index]}
             mask = torch.tensor([coarse in allowed for coarse in self.fine_row_coarse], dtype=torch.bool)
             if mask.any():
-                kept.append(index)
+                with_candidates.append(index)
                 candidate_masks.append(mask)
-        if not kept:
+        if not with_candidates:
             return {}
         row_masks = torch.stack(candidate_masks).to(self.device)
         probabilities = self._probabilities(
-            self.fine, cropper, [centres[i] for i in kept], [masks[i] for i in kept], row_masks
+            self.fine, cropper, [centres[i] for i in with_candidates], [masks[i] for i in with_candidates], row_masks
         )
-        return dict(zip(kept, probabilities, strict=True))
+        return dict(zip(with_candidates, probabilities, strict=True))
 
     def _predict(
         self,

@@ -311,3 +311,19 @@ def test_cli_import_rejects_untrusted_pickle(tmp_path, published_model):
     assert result.exit_code == 1
     assert "--trust-pickle" in result.output
     assert not (tmp_path / "out").exists()
+
+
+class PublishedNormalizer:
+    """A normaliser object as a trusted pickle may contain it."""
+
+    def __init__(self, mean: float, stddev: float, clip: bool) -> None:
+        self.mean, self.stddev, self.clip = mean, stddev, clip
+
+
+def test_normalizers_from_objects_and_mappings():
+    from models.checkpoint import normalizers_from_hclal
+
+    converted = normalizers_from_hclal([PublishedNormalizer(40, 200, True), {"mean": 3, "stddev": 3, "clip": False}], 3)
+    assert converted == (CT_NORMALIZER, PET_NORMALIZER, None)
+    with pytest.raises(CheckpointError, match="channel 0 lacks 'stddev'"):
+        normalizers_from_hclal([{"mean": 1, "clip": True}], 1)

@@ -16,9 +16,8 @@ from pynetdicom.sop_class import CTImageStorage, SegmentationStorage
 from sqlalchemy import select, update
 
 from dicom.network.spool import Spool
-from tests.support.dicom_factory import ct_series, segmentation
-from tests.support.receiver import receiver_settings, running_receiver
-from tests.test_spool import encoded, identity_of
+from tests.support.dicom_factory import ct_series, encoded, segmentation
+from tests.support.receiver import identity_of, receiver_settings, running_receiver
 from worker.completeness import CompletenessTracker, QuietPeriodMonitor, referenced_instances
 from worker.config import load_settings
 from worker.db.models import Analysis, AnalysisState, Event, Study, StudyState, utcnow
@@ -27,10 +26,12 @@ from worker.ingest import InstanceStore
 
 
 class Harness:
-    """An instance store and a tracker on one database; queued analysis ids collect in ``queued``."""
+    """An instance store and a tracker on one database, collecting queued ids in ``queued``."""
 
     def __init__(self, tmp_path: Path, database_url: str, quiet_period: float = 30.0) -> None:
-        self.settings = load_settings(data_dir=tmp_path / "data", database_url=database_url, quiet_period=quiet_period)
+        self.settings = load_settings(
+            data_dir=tmp_path / "data", database_url=database_url, quiet_period=quiet_period
+        )
         self.engine = get_engine(database_url, auto_migrate=True)
         self.store = InstanceStore(self.engine, Spool(self.settings.spool_dir))
         self.queued: list[int] = []
@@ -46,7 +47,9 @@ class Harness:
 
     def study(self, study_uid: str):  # noqa: ANN201
         with self.engine.connect() as connection:
-            return connection.execute(select(Study).where(Study.study_instance_uid == study_uid)).one()
+            return connection.execute(
+                select(Study).where(Study.study_instance_uid == study_uid)
+            ).one()
 
 
 @pytest.fixture
@@ -110,7 +113,10 @@ def test_parallel_arrivals_queue_exactly_once(harness: Harness) -> None:
     random.Random(3).shuffle(arrivals)
     chunks = [arrivals[i::4] for i in range(4)]
 
-    threads = [threading.Thread(target=lambda part=part: [harness.receive(ds) for ds in part]) for part in chunks]
+    threads = [
+        threading.Thread(target=lambda part=part: [harness.receive(ds) for ds in part])
+        for part in chunks
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -161,7 +167,9 @@ def test_quiet_period_monitor_thread(tmp_path: Path, sqlite_url: str) -> None:
     harness = Harness(tmp_path, sqlite_url, quiet_period=0.3)
     ct = ct_series(1)
     seg = segmentation(ct)
-    seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID = dicom_uid.generate_uid()
+    seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[
+        0
+    ].ReferencedSOPInstanceUID = dicom_uid.generate_uid()
     del seg.PerFrameFunctionalGroupsSequence
     harness.receive(ct[0])
     harness.receive(seg)

@@ -2,48 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import pytest
 import torch
 
 from models.checkpoint import CT_NORMALIZER, PET_NORMALIZER
-from models.crop import CropError, CropSpec, StudyCropper, crop_lesions, lesion_box_centre
+from models.crop import (
+    CropError,
+    CropSpec,
+    StudyCropper,
+    crop_lesions,
+    grid_offsets,
+    lesion_box_centre,
+    mask_channel,
+    volume_channel,
+)
 
-try:
-    from dicom.volume import Volume
-except ImportError:  # the volume module is developed in parallel; same documented fields
-
-    @dataclass(frozen=True)
-    class Volume:  # type: ignore[no-redef]
-        array: np.ndarray
-        affine: np.ndarray
-        series_instance_uid: str = "1.2.3"
-        frame_of_reference_uid: str = "1.2.3.4"
-        modality: str = "CT"
-
-
-try:
-    from dicom.lesions import LesionMeasurement
-except ImportError:
-
-    @dataclass
-    class LesionMeasurement:  # type: ignore[no-redef]
-        segment_number: int
-        segment_label: str
-        component: int
-        centroid_mm: tuple[float, float, float]
-        bbox_mm: tuple[float, float, float, float, float, float]
-        volume_ml: float
-        voxels: int
-        suv_max: float | None
-        suv_mean: float | None
-        suv_peak: float | None
-        hu_mean: float | None
-        mask: np.ndarray = field(repr=False)
-        mask_origin: tuple[int, int, int]
-        suv_max_index_mm: tuple[float, float, float]
+from dicom.lesions import LesionMeasurement
+from dicom.volume import Volume
 
 
 SPEC = CropSpec(size=(16, 12, 8), spacing=(2.0, 2.0, 3.0), normalizers=(CT_NORMALIZER, PET_NORMALIZER, None))
@@ -200,19 +176,54 @@ def test_crop_box_mask_channel(ct_of_x):
     assert mask[3:5, 5:7, 7:9].min().item() == 1.0
 
 
-def test_crop_chunks_give_same_result(ct_of_x):
-    mask = np.zeros((40, 60, 80), dtype=bool)
+def point_based_crop(ct, lesion, spec) -> torch.Tensor:
+    """The crop computed point by point through the inverse affine, without the separable path."""
+    points = torch.as_tensor(lesion_box_centre(lesion), dtype=torch.float32) + grid_offsets(spec, torch.device("cpu"))
+    data = torch.from_numpy(np.ascontiguousarray(ct.array, dtype=np.float32))
+    return torch.stack([
+        volume_channel(ct, points, spec.normalizer("ct"), data),
+        torch.zeros(points.shape[:-1]),
+        mask_channel(lesion, ct, points),
+    ])
+
+
+@pytest.mark.parametrize("flip", [False, True], ids=["columns-along-x", "columns-flipped"])
+def test_crop_separable_matches_point_sampling(ct_of_x, flip):
+    volume = flipped_columns(ct_of_x) if flip else ct_of_x
+    generator = np.random.default_rng(5)
+    array = generator.normal(0, 150, size=volume.array.shape).astype(np.float32)
+    volume = Volume(array=array, affine=volume.affine, series_instance_uid="1.2.3.7",
+                    frame_of_reference_uid="1.2.3.4", modality="CT")
     lesions = []
     for start in (10, 30, 50, 60):
-        part = mask.copy()
-        part[15:20, 20:26, start:start + 4] = True
-        lesions.append(lesion_from_mask(ct_of_x, part))
-    cropper = StudyCropper(ct_of_x, None)
-    one_by_one = cropper.crop_lesions(SPEC, lesions, chunk=1)
-    together = cropper.crop_lesions(SPEC, lesions, chunk=8)
-    torch.testing.assert_close(one_by_one, together)
-    torch.testing.assert_close(crop_lesions(ct_of_x, None, lesions, SPEC), together)
-    assert [int(crop[MASK].sum()) > 0 for crop in together] == [True] * 4
+        mask = np.zeros((40, 60, 80), dtype=bool)
+        mask[15:20, 20:26, start:start + 4] = True
+        mask[17, 23, start + 4] = True
+        lesions.append(lesion_from_mask(volume, mask))
+    spec = CropSpec(size=(16, 12, 8), spacing=(1.3, 0.7, 2.1), normalizers=SPEC.normalizers)
+    crops = crop_lesions(volume, None, lesions, spec)
+    for crop, lesion in zip(crops, lesions, strict=True):
+        expected = point_based_crop(volume, lesion, spec)
+        # grid_sample rescales indices to [-1, 1] in float32, hence the tolerance.
+        torch.testing.assert_close(crop[CT], expected[CT], atol=1e-4, rtol=0)
+        assert torch.equal(crop[MASK], expected[MASK])
+        assert crop[MASK].sum() > 0
+
+
+def test_crop_oblique_volume_is_linear_in_x():
+    # Voxel axes rotated by 30 degrees about z; the CT value is again the LPS x in mm.
+    angle = np.deg2rad(30.0)
+    affine = np.eye(4)
+    affine[:3, 0] = (0.0, 0.0, 2.0)
+    affine[:3, 1] = (-np.sin(angle), np.cos(angle), 0.0)
+    affine[:3, 2] = (np.cos(angle), np.sin(angle), 0.0)
+    affine[:3, 3] = (-30.0, -30.0, -30.0)
+    x = voxel_centres((30, 70, 70), affine)[..., 0]
+    ct = Volume(array=x.astype(np.float32), affine=affine, series_instance_uid="1.2.3.8",
+                frame_of_reference_uid="1.2.3.4", modality="CT")
+    crops = StudyCropper(ct, None).crop_boxes(SPEC, [(5.0, 10.0, 0.0)], [(4.0, 4.0, 4.0)])
+    expected = (crop_x_positions(5.0) - 40.0) / 200.0
+    np.testing.assert_allclose(crops[0, CT].numpy(), np.broadcast_to(expected, (8, 12, 16)), atol=1e-4)
 
 
 def test_crop_rejects_mismatched_boxes(ct_of_x):

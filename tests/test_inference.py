@@ -225,3 +225,34 @@ def test_localizer_rejects_unknown_sites(tmp_path, vocabulary):
                     torch.zeros(1, EMBED_DIM), meta)
     with pytest.raises(CheckpointError, match="names 1 sites that vocabulary hclal-coded-sites lacks"):
         Localizer(tmp_path, None, vocabulary=vocabulary, device="cpu")
+
+
+def test_scores_stay_float32_under_autocast(models, vocabulary):
+    localizer = Localizer.from_model_dir(models["root"], vocabulary=vocabulary, device="cpu")
+    embeddings = models["coarse_embeddings"]
+    expected = localizer.coarse.site_probabilities(embeddings)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = localizer.coarse.site_probabilities(embeddings)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_changed_descriptions_are_re_encoded(tmp_path, vocabulary):
+    from models.networks.sentence import SentenceEncoder
+
+    sites = [vocabulary.coarse_sites[0], vocabulary.coarse_sites[1]]
+    stale = ["An outdated sentence about this site.", sites[1].description]
+    text = SentenceEncoder(embed_dim=EMBED_DIM)
+    with torch.no_grad():
+        stored = text(stale)
+    meta = metadata("coarse", [site.id for site in sites], vocabulary, (8.0, 8.0, 8.0))
+    meta.prompts = stale
+    save_checkpoint(tmp_path, ImageEncoder(meta.crop_shape, width=0.125, embed_dim=EMBED_DIM), stored, meta,
+                    text_projection=text.projection.state_dict())
+
+    localizer = Localizer(tmp_path, None, vocabulary=vocabulary, device="cpu")
+    with torch.no_grad():
+        fresh = F.normalize(text([sites[0].description]), dim=-1)[0]
+    torch.testing.assert_close(localizer.coarse.prompts[0], fresh, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(localizer.coarse.prompts[1], F.normalize(stored[1], dim=-1))
+    assert not torch.allclose(localizer.coarse.prompts[0], F.normalize(stored[0], dim=-1), atol=1e-3)

@@ -255,3 +255,38 @@ def test_validator_flags_sr_template_error(study, tmp_path: Path) -> None:
     ok, report = validate([path])
     assert not ok
     assert "Incorrect relationship - expected HAS CONCEPT MOD" in report
+
+
+def test_volumes_as_shared_volume_type(volumes) -> None:
+    pytest.importorskip("dicom.volume")
+    from dicom.phantom import StudyUids
+
+    uids = StudyUids.for_seed(SEED)
+    ct, pet = volumes.as_volumes(uids)
+
+    assert ct.modality == "CT"
+    assert pet.modality == "PT"
+    assert ct.frame_of_reference_uid == pet.frame_of_reference_uid == uids.frame_of_reference
+    assert ct.array.shape == volumes.ct_hu.shape
+    assert np.allclose(ct.affine @ [0, 0, 0, 1], volumes.ct_affine @ [0, 0, 0, 1])
+    assert np.array_equal(pet.array, volumes.pet_suv)
+    assert volumes.as_volumes()[0].series_instance_uid == uids.ct_series
+    assert pet.spacing == pytest.approx((4.0, 4.0, 4.0))
+
+
+def test_cli_writes_study(tmp_path: Path) -> None:
+    out_dir = tmp_path / "study"
+    result = CliRunner().invoke(app, ["phantom", str(out_dir), "--seed", "3", "--lesions", "2"])
+
+    assert result.exit_code == 0, result.output
+    assert "with 2 lesions" in result.stdout
+    truth = json.loads((out_dir / "truth.json").read_text())
+    assert [lesion["segment_number"] for lesion in truth["lesions"]] == [1, 2]
+    assert len(list((out_dir / "seg").glob("*.dcm"))) == 1
+    assert len(list((out_dir / "ct").glob("*.dcm"))) == len(build_anatomy(3).labels)
+
+
+def test_cli_rejects_too_many_lesions(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["phantom", str(tmp_path / "study"), "--lesions", "1000"])
+    assert result.exit_code == 1
+    assert "1000 lesions requested" in result.stderr

@@ -108,9 +108,13 @@ def test_study_reported_and_delivered(tmp_path, database_url, phantom_study, tin
         report = session.get(Report, report_id)
         sr_path = Path(report.file_path)
         rows = session.scalars(select(Delivery)).all()
-    assert [(row.attempt, row.status) for row in rows] == [(1, DeliveryStatus.SUCCESS)]
-    assert [str(ds.SOPInstanceUID) for ds in pacs.received] == [report.sop_instance_uid]
-    ok, output = validate([sr_path])
+        documents = [report.sop_instance_uid, report.outline_sop_instance_uid]
+        outline_path = Path(report.outline_file_path)
+    assert [(row.sop_instance_uid, row.attempt, row.status) for row in rows] == [
+        (uid, 1, DeliveryStatus.SUCCESS) for uid in documents
+    ]
+    assert [str(ds.SOPInstanceUID) for ds in pacs.received] == documents
+    ok, output = validate([sr_path, outline_path])
     assert ok, output
 
 
@@ -181,7 +185,8 @@ def test_fallback_sop_class_sent(tmp_path, sqlite_url, phantom_study, tiny_model
         assert deliver_report(settings, report_id) == AnalysisState.DELIVERED
     finally:
         enhanced_only.stop()
-    assert [str(ds.SOPClassUID) for ds in enhanced_only.received] == [SrSopClass.ENHANCED.uid]
+    assert [str(ds.SOPClassUID) for ds in enhanced_only.received] == [SrSopClass.ENHANCED.uid] * 2
+    assert [ds.SeriesDescription for ds in enhanced_only.received] == ["HCL-AL lesion sites", "HCL-AL lesion outlines"]
 
 
 def test_resend_continues_attempt_numbers(tmp_path, sqlite_url, phantom_study, tiny_models, pacs):
@@ -202,9 +207,12 @@ def test_resend_continues_attempt_numbers(tmp_path, sqlite_url, phantom_study, t
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)[0]["state"] == "delivered"
     with session_scope(get_engine(sqlite_url)) as session:
-        assert sorted(session.scalars(select(Delivery.attempt))) == [1, 2]
-    assert len(pacs.received) == 2
-    assert pacs.received[0].SOPInstanceUID == pacs.received[1].SOPInstanceUID
+        report = session.get(Report, report_id)
+        attempts = session.execute(select(Delivery.sop_instance_uid, Delivery.attempt).order_by(Delivery.id)).all()
+        assert attempts == [(report.sop_instance_uid, 1), (report.outline_sop_instance_uid, 1),
+                            (report.sop_instance_uid, 2), (report.outline_sop_instance_uid, 2)]
+    assert len(pacs.received) == 4
+    assert pacs.received[0].SOPInstanceUID == pacs.received[2].SOPInstanceUID
 
 
 def test_broken_study_fails_with_reason(tmp_path, sqlite_url, phantom_study, tiny_models, pacs):

@@ -24,7 +24,14 @@ from pydicom import dcmread
 from pydicom import uid as dicom_uid
 from pydicom.dataset import Dataset
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage, Verification
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    EnhancedPETImageStorage,
+    MRImageStorage,
+    PositronEmissionTomographyImageStorage,
+    Verification,
+)
 from sqlalchemy import func, select
 
 from dicom.network.scp import (
@@ -34,9 +41,16 @@ from dicom.network.scp import (
     accepted_transfer_syntaxes,
 )
 from tests.support.dcmtk import require_dcmtk_tool
-from tests.support.dicom_factory import ct_series, write, write_all
-from tests.support.receiver import Receiver, free_port, receiver_settings, running_receiver
-from tests.test_spool import file_size_limit
+from tests.support.dicom_factory import ct_series, dataset_bytes, write, write_all
+from tests.support.receiver import (
+    Receiver,
+    file_size_limit,
+    free_port,
+    receiver_settings,
+    running_receiver,
+    scp_command,
+)
+from worker.config import Settings
 from worker.db.models import Event, Instance, Series, Study
 
 # Transfer syntax -> storescu option that proposes it (None: sent with pynetdicom).
@@ -62,24 +76,18 @@ def receiver(tmp_path: Path, sqlite_url: str):
         yield running
 
 
-def dataset_bytes(data: bytes) -> bytes:
-    """Return the data set after the File Meta Information of a PS3.10 file's bytes.
-
-    (0002,0000) File Meta Information Group Length comes first (PS3.10 7.1), so its
-    value at byte 140 gives where the data set starts.
-    """
-    group_length = int.from_bytes(data[140:144], "little")
-    return data[144 + group_length :]
-
-
 def scu(*contexts: tuple[str, list[str]], ae_title: str = "TESTSCU") -> AE:
     ae = AE(ae_title=ae_title)
+    # A busy test machine can stall a response for seconds; only a lost instance should fail.
+    ae.dimse_timeout = 120
     for abstract_syntax, syntaxes in contexts:
         ae.add_requested_context(abstract_syntax, syntaxes)
     return ae
 
 
-def storescu(receiver: Receiver, paths: list[Path], *options: str, calling: str = "TESTSCU") -> subprocess.CompletedProcess:
+def storescu(
+    receiver: Receiver, paths: list[Path], *options: str, calling: str = "TESTSCU"
+) -> subprocess.CompletedProcess:
     command = [
         require_dcmtk_tool("storescu"),
         "-aet", calling, "-aec", receiver.settings.ae_title, *options,
@@ -139,7 +147,9 @@ def make_file(syntax: str, folder: Path) -> Path:
 
 def stored_bytes(receiver: Receiver, sop_instance_uid: str) -> bytes:
     with receiver.engine.connect() as connection:
-        path = connection.scalar(select(Instance.file_path).where(Instance.sop_instance_uid == sop_instance_uid))
+        path = connection.scalar(
+            select(Instance.file_path).where(Instance.sop_instance_uid == sop_instance_uid)
+        )
     assert path is not None, f"SOP Instance {sop_instance_uid} was not stored"
     return Path(path).read_bytes()
 
@@ -164,14 +174,18 @@ def test_accepts_compressed_syntaxes_with_decoders() -> None:
 
 @pytest.mark.dcmtk
 @pytest.mark.parametrize("syntax", list(STORESCU_PROPOSALS), ids=lambda s: s.name)
-def test_syntax_round_trips_byte_exact(receiver: Receiver, tmp_path: Path, syntax: dicom_uid.UID) -> None:
+def test_syntax_round_trips_byte_exact(
+    receiver: Receiver, tmp_path: Path, syntax: dicom_uid.UID
+) -> None:
     path = make_file(syntax, tmp_path)
     sent = path.read_bytes()
     ds = dcmread(path)
     option = STORESCU_PROPOSALS[syntax]
 
     if option is None:
-        assoc = scu((CTImageStorage, [syntax])).associate("127.0.0.1", receiver.port, ae_title="HCLAL")
+        assoc = scu((CTImageStorage, [syntax])).associate(
+            "127.0.0.1", receiver.port, ae_title="HCLAL"
+        )
         status = assoc.send_c_store(path)
         assoc.release()
         assert status.Status == STATUS_SUCCESS
@@ -192,9 +206,9 @@ def test_syntax_round_trips_byte_exact(receiver: Receiver, tmp_path: Path, synta
 
 def test_undecodable_syntax_rejected_at_negotiation(receiver: Receiver) -> None:
     mpeg2 = dicom_uid.MPEG2MPML
-    assoc = scu((CTImageStorage, [mpeg2]), (Verification, [dicom_uid.ImplicitVRLittleEndian])).associate(
-        "127.0.0.1", receiver.port, ae_title="HCLAL"
-    )
+    assoc = scu(
+        (CTImageStorage, [mpeg2]), (Verification, [dicom_uid.ImplicitVRLittleEndian])
+    ).associate("127.0.0.1", receiver.port, ae_title="HCLAL")
     assert assoc.is_established
     rejected = assoc.rejected_contexts
     accepted = [cx.abstract_syntax for cx in assoc.accepted_contexts]
@@ -243,13 +257,14 @@ def test_changed_resend_recorded_as_conflict(receiver: Receiver) -> None:
 
 
 def _send_series(port: int, datasets: list[Dataset], statuses: list[int]) -> None:
-    assoc = scu((CTImageStorage, [dicom_uid.ExplicitVRLittleEndian])).associate("127.0.0.1", port, ae_title="HCLAL")
+    assoc = scu((CTImageStorage, [dicom_uid.ExplicitVRLittleEndian])).associate(
+        "127.0.0.1", port, ae_title="HCLAL"
+    )
     for ds in datasets:
         statuses.append(assoc.send_c_store(ds).Status)
     assoc.release()
 
 
-@pytest.mark.slow
 def test_eight_associations_lose_nothing(tmp_path: Path, database_url: str) -> None:
     study_uid = dicom_uid.generate_uid()
     series = [ct_series(100, study_uid=study_uid, size=8) for _ in range(8)]
@@ -257,7 +272,8 @@ def test_eight_associations_lose_nothing(tmp_path: Path, database_url: str) -> N
 
     with running_receiver(receiver_settings(tmp_path / "data", database_url)) as receiver:
         senders = [
-            threading.Thread(target=_send_series, args=(receiver.port, datasets, statuses)) for datasets in series
+            threading.Thread(target=_send_series, args=(receiver.port, datasets, statuses))
+            for datasets in series
         ]
         for sender in senders:
             sender.start()
@@ -310,7 +326,9 @@ def test_unknown_source_address_rejected(tmp_path: Path, sqlite_url: str) -> Non
     assert accepted.returncode == 0, accepted.stderr
 
 
-def test_truncated_pixel_data_fails_with_c000(receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
+def test_truncated_pixel_data_fails_with_c000(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
     good, bad = ct_series(2)
     bad.PixelData = bad.PixelData[:100]
     ae = scu((CTImageStorage, [dicom_uid.ExplicitVRLittleEndian]))
@@ -329,7 +347,7 @@ def test_truncated_pixel_data_fails_with_c000(receiver: Receiver, caplog: pytest
 
 
 def test_full_disk_fails_with_a700_then_recovers(tmp_path: Path, postgres_url: str) -> None:
-    # PostgreSQL keeps the database writes in its own process, out of this process's file size limit.
+    # PostgreSQL writes its files in its own processes, outside this process's file size limit.
     small, large = ct_series(2, size=256)
     with running_receiver(receiver_settings(tmp_path / "data", postgres_url)) as receiver:
         assoc = scu((CTImageStorage, [dicom_uid.ExplicitVRLittleEndian])).associate(
@@ -358,7 +376,9 @@ def _certificate_authority(folder: Path) -> dict[str, Path]:
     def name(common_name: str) -> x509.Name:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
-    def build(subject: str, key, issuer: str, issuer_key, *, ca: bool) -> x509.Certificate:  # noqa: ANN001
+    def build(
+        subject: str, key, issuer: str, issuer_key, *, ca: bool
+    ) -> x509.Certificate:  # noqa: ANN001
         builder = (
             x509.CertificateBuilder()
             .subject_name(name(subject))
@@ -371,7 +391,9 @@ def _certificate_authority(folder: Path) -> dict[str, Path]:
         )
         if not ca:
             builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
                 critical=False,
             )
         return builder.sign(issuer_key, hashes.SHA256())
@@ -396,15 +418,20 @@ def _certificate_authority(folder: Path) -> dict[str, Path]:
     return paths
 
 
-def test_tls_association_with_test_ca(tmp_path: Path, sqlite_url: str) -> None:
-    pki = _certificate_authority(tmp_path)
-    settings = receiver_settings(
+def _tls_settings(tmp_path: Path, database_url: str, pki: dict[str, Path]) -> Settings:
+    """Return SCP settings that require TLS with client certificates signed by the test CA."""
+    return receiver_settings(
         tmp_path / "data",
-        sqlite_url,
+        database_url,
         tls_certificate=pki["server_cert"],
         tls_key=pki["server_key"],
         tls_ca=pki["ca"],
     )
+
+
+def test_tls_association_with_test_ca(tmp_path: Path, sqlite_url: str) -> None:
+    pki = _certificate_authority(tmp_path)
+    settings = _tls_settings(tmp_path, sqlite_url, pki)
     client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=pki["ca"])
     client.load_cert_chain(pki["client_cert"], pki["client_key"])
     anonymous = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=pki["ca"])
@@ -412,10 +439,14 @@ def test_tls_association_with_test_ca(tmp_path: Path, sqlite_url: str) -> None:
     ae = scu((CTImageStorage, [dicom_uid.ExplicitVRLittleEndian]))
 
     with running_receiver(settings) as receiver:
-        assoc = ae.associate("127.0.0.1", receiver.port, ae_title="HCLAL", tls_args=(client, "127.0.0.1"))
+        assoc = ae.associate(
+            "127.0.0.1", receiver.port, ae_title="HCLAL", tls_args=(client, "127.0.0.1")
+        )
         status = assoc.send_c_store(ds)
         assoc.release()
-        without_certificate = ae.associate("127.0.0.1", receiver.port, ae_title="HCLAL", tls_args=(anonymous, "127.0.0.1"))
+        without_certificate = ae.associate(
+            "127.0.0.1", receiver.port, ae_title="HCLAL", tls_args=(anonymous, "127.0.0.1")
+        )
         count = receiver.instance_count()
 
     assert status.Status == STATUS_SUCCESS
@@ -430,7 +461,7 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
         "HCLAL_DATA_DIR": str(tmp_path / "data"),
         "HCLAL_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.sqlite3'}",
     }
-    command = [sys.executable, "-m", "worker", "scp", "--host", "127.0.0.1", "--port", str(port), "--ae-title", "CLITEST"]
+    command = scp_command(port, "CLITEST")
     process = subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, text=True)
     try:
         ae = scu((Verification, [dicom_uid.ImplicitVRLittleEndian]))
@@ -456,7 +487,11 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
 
 
 def test_cli_reports_port_in_use(tmp_path: Path, sqlite_url: str) -> None:
-    environment = {**os.environ, "HCLAL_DATA_DIR": str(tmp_path / "data"), "HCLAL_DATABASE_URL": sqlite_url}
+    environment = {
+        **os.environ,
+        "HCLAL_DATA_DIR": str(tmp_path / "data"),
+        "HCLAL_DATABASE_URL": sqlite_url,
+    }
     with running_receiver(receiver_settings(tmp_path / "data", sqlite_url)) as receiver:
         port = receiver.port
         result = subprocess.run(
@@ -470,3 +505,90 @@ def test_cli_reports_port_in_use(tmp_path: Path, sqlite_url: str) -> None:
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "choose another --port" in result.stderr
+
+
+def test_database_error_fails_without_phi(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    with receiver.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TRIGGER refuse_study BEFORE INSERT ON study "
+            "BEGIN SELECT RAISE(ABORT, 'study table is read-only'); END"
+        )
+    ds = ct_series(1)[0]
+    ae = scu((CTImageStorage, [dicom_uid.ExplicitVRLittleEndian]))
+
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="HCLAL")
+    with caplog.at_level(logging.WARNING, logger="dicom.network.scp"):
+        status = assoc.send_c_store(ds)
+    assoc.release()
+
+    assert status.Status == STATUS_OUT_OF_RESOURCES
+    assert "study table is read-only" in caplog.text
+    assert ds.SOPInstanceUID in caplog.text
+    assert "Test^Patient" not in caplog.text
+    assert "TEST-0001" not in caplog.text
+    assert list(receiver.settings.spool_dir.rglob("*.dcm")) == []
+
+
+def _as_multiframe(ds: Dataset, sop_class_uid: str, frames: int) -> Dataset:
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
+    ds.NumberOfFrames = frames
+    ds.PixelData = ds.PixelData * frames
+    return ds
+
+
+@pytest.mark.parametrize(
+    "sop_class_uid",
+    [
+        CTImageStorage,
+        EnhancedCTImageStorage,
+        PositronEmissionTomographyImageStorage,
+        EnhancedPETImageStorage,
+    ],
+    ids=["ct", "enhanced-ct", "pet", "enhanced-pet"],
+)
+def test_image_sop_classes_stored(receiver: Receiver, sop_class_uid: str) -> None:
+    ds = ct_series(1)[0]
+    if sop_class_uid in (EnhancedCTImageStorage, EnhancedPETImageStorage):
+        ds = _as_multiframe(ds, sop_class_uid, frames=3)
+    else:
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
+    ae = scu((sop_class_uid, [dicom_uid.ExplicitVRLittleEndian]))
+
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="HCLAL")
+    status = assoc.send_c_store(ds)
+    assoc.release()
+
+    assert status.Status == STATUS_SUCCESS
+    assert stored_bytes(receiver, ds.SOPInstanceUID)[128:132] == b"DICM"
+
+
+def test_other_sop_class_rejected_at_negotiation(receiver: Receiver) -> None:
+    ae = scu(
+        (MRImageStorage, [dicom_uid.ExplicitVRLittleEndian]),
+        (Verification, [dicom_uid.ImplicitVRLittleEndian]),
+    )
+
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="HCLAL")
+    rejected = [cx.abstract_syntax for cx in assoc.rejected_contexts]
+    assoc.release()
+
+    assert rejected == [MRImageStorage]
+    # Result 3: abstract-syntax-not-supported (provider rejection), PS3.8 9.3.3.2.
+    assert assoc.rejected_contexts[0].result == 0x03
+
+
+@pytest.mark.dcmtk
+def test_dcmtk_tls_store_with_test_ca(tmp_path: Path, sqlite_url: str) -> None:
+    pki = _certificate_authority(tmp_path)
+    settings = _tls_settings(tmp_path, sqlite_url, pki)
+    paths = write_all(ct_series(2), tmp_path / "series")
+    tls = ["+tls", str(pki["client_key"]), str(pki["client_cert"]), "+cf", str(pki["ca"])]
+
+    with running_receiver(settings) as receiver:
+        result = storescu(receiver, paths, *tls)
+        count = receiver.instance_count()
+
+    assert result.returncode == 0, result.stderr
+    assert count == 2

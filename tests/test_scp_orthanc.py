@@ -10,10 +10,9 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import select
 
-from tests.support.dicom_factory import ct_series, segmentation, write_all
+from tests.support.dicom_factory import ct_series, dataset_bytes, segmentation, write_all
 from tests.support.orthanc import OrthancError, OrthancServer, start_orthanc
 from tests.support.receiver import Receiver, receiver_settings, running_receiver
-from tests.test_scp import dataset_bytes
 from worker.db.models import Analysis, Instance
 
 pytestmark = pytest.mark.orthanc
@@ -39,7 +38,9 @@ def upload_study(pacs: OrthancServer, folder: Path) -> tuple[list[str], list[Pat
     return [pacs.upload(path) for path in paths], paths
 
 
-def test_forwarded_study_stored_and_queued(pacs: OrthancServer, receiver: Receiver, tmp_path: Path) -> None:
+def test_forwarded_study_stored_and_queued(
+    pacs: OrthancServer, receiver: Receiver, tmp_path: Path
+) -> None:
     ids, paths = upload_study(pacs, tmp_path / "study")
 
     answer = pacs.store_to_modality("HCLAL", ids)
@@ -49,14 +50,18 @@ def test_forwarded_study_stored_and_queued(pacs: OrthancServer, receiver: Receiv
     assert receiver.instance_count() == 6
     assert len(receiver.queued) == 1
     with receiver.engine.connect() as connection:
-        stored = dict(connection.execute(select(Instance.sop_instance_uid, Instance.file_path)).all())
+        stored = dict(
+            connection.execute(select(Instance.sop_instance_uid, Instance.file_path)).all()
+        )
     for path in paths:
         sent = path.read_bytes()
         sop_instance_uid = dcmread(io.BytesIO(sent), stop_before_pixels=True).SOPInstanceUID
         assert dataset_bytes(Path(stored[sop_instance_uid]).read_bytes()) == dataset_bytes(sent)
 
 
-def test_forwarded_again_changes_nothing(pacs: OrthancServer, receiver: Receiver, tmp_path: Path) -> None:
+def test_forwarded_again_changes_nothing(
+    pacs: OrthancServer, receiver: Receiver, tmp_path: Path
+) -> None:
     ids, _ = upload_study(pacs, tmp_path / "study")
 
     pacs.store_to_modality("HCLAL", ids)
@@ -69,7 +74,9 @@ def test_forwarded_again_changes_nothing(pacs: OrthancServer, receiver: Receiver
 
 
 def test_unknown_pacs_title_rejected(tmp_path: Path, receiver: Receiver) -> None:
-    stranger = start_orthanc(tmp_path / "stranger", {"HCLAL": ("HCLAL", "127.0.0.1", receiver.port)}, aet="STRANGER")
+    stranger = start_orthanc(
+        tmp_path / "stranger", {"HCLAL": ("HCLAL", "127.0.0.1", receiver.port)}, aet="STRANGER"
+    )
     try:
         ids, _ = upload_study(stranger, tmp_path / "study")
         with pytest.raises(OrthancError, match="HTTP"):

@@ -139,7 +139,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     fine_config = root / "fine_config.py"
     fine_config.write_text(
         f"train_csv = {str(train_csv)!r}\noutput_dir = {str(root / 'fine')!r}\n"
-        f"coarse_model = {str(root / 'coarse' / 'model')!r}\n{TRAINING_SETTINGS}"
+        f"coarse_model = {str(root / 'coarse' / 'model')!r}\nprompt_sites = 'trained'\n{TRAINING_SETTINGS}"
     )
     coarse_status = clip_coarse_train_main(["-i", str(coarse_config)])
     fine_status = clip_fine_train_main(["-i", str(fine_config)])
@@ -152,10 +152,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def apply_config(trained: dict[str, Path], mode: str, csv_path: Path | None = None) -> Path:
+def apply_config(trained: dict[str, Path], mode: str, csv_path: Path | None = None, top_k: int = 3) -> Path:
     path = trained["root"] / f"apply_{mode}.py"
     path.write_text(
-        f"input_csv = {str(csv_path or trained['test_csv'])!r}\n"
+        f"input_csv = {str(csv_path or trained['test_csv'])!r}\ntop_k = {top_k}\n"
         f"output_csv = {str(trained['root'] / f'pred_{mode}.csv')!r}\n"
         f"mode = {mode!r}\ncoarse_model = {str(trained['coarse'])!r}\nfine_model = {str(trained['fine'])!r}\n"
         "device = 'cpu'\n"
@@ -185,21 +185,26 @@ def test_fine_train_uses_coarse_predictions(trained: dict[str, Path]):
     checkpoint = load_checkpoint(trained["fine"])
 
     assert checkpoint.metadata.level == "fine"
-    assert len(checkpoint.metadata.site_ids) == len(default_vocabulary().fine_sites)
+    # prompt_sites = 'trained' keeps the prompts of the 6 fine sites with lesions only.
+    assert sorted(checkpoint.metadata.site_ids) == sorted(fine for _, fine, _ in lesion_sites())
+    assert tuple(checkpoint.prompt_embeddings.shape) == (6, 32)
     assert checkpoint.metadata.training["sites"] == 6
 
 
 def test_apply_box_mode(trained: dict[str, Path]):
     vocabulary = default_vocabulary()
+    # With every coarse site among the candidates, each lesion reaches the fine model,
+    # whose checkpoint holds the prompts of the 6 trained fine sites only.
+    coarse_count = len(vocabulary.coarse_sites)
 
-    assert clip_apply_main(["-i", str(apply_config(trained, "box"))]) == 0
+    assert clip_apply_main(["-i", str(apply_config(trained, "box", top_k=coarse_count))]) == 0
 
     rows = read_csv(trained["root"] / "pred_box.csv")
     assert len(rows) == len(LESIONS)
     for row in rows:
         site = vocabulary.site(row["pred"])
         coarse_labels = row["coarse_labels"].split(",")
-        assert len(coarse_labels) == 3
+        assert len(coarse_labels) == coarse_count
         assert site.level == "fine"
         assert site.parent in coarse_labels
         assert row["site_id"] == row["pred"]
@@ -233,6 +238,7 @@ def test_apply_output_evaluates(trained: dict[str, Path]):
     report = evaluate(trained["root"] / "pred_box.csv", trained["test_csv"])
     assert report.matched == len(LESIONS)
     assert report.levels["coarse"].total == len(LESIONS)
+    assert report.overall.total == len(LESIONS)
 
 
 def test_apply_missing_column(trained: dict[str, Path], capsys: pytest.CaptureFixture[str]):

@@ -2,45 +2,17 @@
 
 from __future__ import annotations
 
-import resource
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
 from dicom.network.spool import PARTIAL_SUFFIX, Spool, SpoolFullError, sha256_of
-from tests.support.dicom_factory import ct_series
+from tests.support.dicom_factory import ct_series, encoded
+from tests.support.receiver import file_size_limit, identity_of
 from worker.db.models import Event, Instance, Series, Study, StudyState
 from worker.db.session import get_engine
-from worker.ingest import InstanceIdentity, InstanceStore, StoreOutcome
-
-
-@contextmanager
-def file_size_limit(max_bytes: int) -> Iterator[None]:
-    """Make writes past ``max_bytes`` in any file of this process fail with EFBIG, like a full disk."""
-    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, previous_handler)
-
-
-def encoded(dataset) -> bytes:  # noqa: ANN001
-    from pydicom.filebase import DicomBytesIO  # noqa: PLC0415
-
-    buffer = DicomBytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def identity_of(dataset) -> InstanceIdentity:  # noqa: ANN001
-    return InstanceIdentity.from_dataset(dataset, str(dataset.file_meta.TransferSyntaxUID))
+from worker.ingest import InstanceStore, StoreOutcome
 
 
 def count(engine, table) -> int:  # noqa: ANN001
@@ -88,7 +60,9 @@ def test_store_records_rows(database_url: str, tmp_path: Path) -> None:
     assert count(engine, Series) == 1
     assert count(engine, Instance) == 2
     with engine.connect() as connection:
-        row = connection.execute(select(Instance).where(Instance.sop_instance_uid == ct[1].SOPInstanceUID)).one()
+        row = connection.execute(
+            select(Instance).where(Instance.sop_instance_uid == ct[1].SOPInstanceUID)
+        ).one()
         study = connection.execute(select(Study)).one()
     assert row.sha256 == sha256_of(encoded(ct[1]))
     assert Path(row.file_path).read_bytes() == encoded(ct[1])
@@ -150,7 +124,9 @@ def test_failed_commit_removes_file(sqlite_url: str, tmp_path: Path) -> None:
     with pytest.raises(Exception, match="refused by test trigger"):
         store.store(encoded(ds), identity, "A")
 
-    path = store.spool.path_for(identity.study_instance_uid, identity.series_instance_uid, identity.sop_instance_uid)
+    path = store.spool.path_for(
+        identity.study_instance_uid, identity.series_instance_uid, identity.sop_instance_uid
+    )
     assert not path.exists()
     assert count(engine, Instance) == 0
 
@@ -160,7 +136,9 @@ def test_orphan_file_replaced_and_recorded(sqlite_url: str, tmp_path: Path) -> N
     store = InstanceStore(engine, Spool(tmp_path / "spool"))
     ds = ct_series(1)[0]
     identity = identity_of(ds)
-    orphan = store.spool.path_for(identity.study_instance_uid, identity.series_instance_uid, identity.sop_instance_uid)
+    orphan = store.spool.path_for(
+        identity.study_instance_uid, identity.series_instance_uid, identity.sop_instance_uid
+    )
     orphan.parent.mkdir(parents=True)
     orphan.write_bytes(b"left over from a crash before the commit")
 
@@ -186,3 +164,28 @@ def test_uid_moved_to_other_series_is_conflict(database_url: str, tmp_path: Path
     assert list((tmp_path / "spool" / ds.StudyInstanceUID / "1.2.3.999").glob("*.dcm")) == []
     assert count(engine, Instance) == 1
     assert count(engine, Series) == 1
+
+
+def test_identity_repr_hides_patient() -> None:
+    ds = ct_series(1)[0]
+    identity = identity_of(ds)
+
+    assert identity.patient_name == "Test^Patient"
+    assert identity.patient_id == "TEST-0001"
+    assert "Test^Patient" not in repr(identity)
+    assert "TEST-0001" not in repr(identity)
+    assert "19600101" not in repr(identity)
+    assert ds.SOPInstanceUID in repr(identity)
+
+
+def test_partial_files_removed_at_start(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    kept = spool.write_instance(b"complete", "1.2.3", "1.2.3.4", "1.2.3.4.5")
+    partial = kept.path.parent / f".1.2.3.4.6.dcm.x1y2{PARTIAL_SUFFIX}"
+    partial.write_bytes(b"half")
+
+    removed = spool.remove_partial_files()
+
+    assert removed == 1
+    assert not partial.exists()
+    assert kept.path.read_bytes() == b"complete"

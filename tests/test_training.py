@@ -56,6 +56,15 @@ def test_coarse_batches_distinct_sites_two_regions():
         assert 2 <= len(batch) <= 10
 
 
+def test_coarse_batches_three_regions():
+    labels = synthetic_labels(sites_per_region=3)
+    sampler = CoarseBatchSampler(labels, batch_size=32, batches_per_epoch=50, seed=0, regions_per_batch=3)
+
+    for batch in sampler:
+        assert len({labels[index].region for index in batch}) == 3
+        assert len(batch) == 9
+
+
 def test_coarse_batches_follow_region_weights():
     labels = synthetic_labels()
     sampler = CoarseBatchSampler(labels, batch_size=6, batches_per_epoch=3000, seed=1)
@@ -324,3 +333,132 @@ def test_training_resumes_from_state(tmp_path: Path):
     second.train()
     assert second.epoch == 3
     assert len(second.history.loss) == 3
+
+
+# Several processes: the whole-batch loss over all-gathered embeddings.
+
+DISTRIBUTED_STEP = """
+import sys
+import torch
+from torch import nn
+from models.training.config import TrainingConfig
+from models.training.distributed import init_distributed, shutdown_distributed
+from tests.test_training import distributed_fixture
+
+context = init_distributed("cpu")
+trainer, crops, batch = distributed_fixture(context)
+local = context.shard(batch)
+trainer.train_step(crops[local], torch.tensor(batch))
+if context.is_main:
+    torch.save(trainer.model.state_dict(), sys.argv[1])
+shutdown_distributed()
+"""
+
+
+def distributed_fixture(context: DistributedContext, output_dir: Path = Path("unused")):
+    """A trainer with a linear image encoder (no batch norm) and a fixed batch of 8 crops."""
+    torch.manual_seed(0)
+    labels = [SampleLabels(f"c{i}", f"c{i}/f", REGIONS[i % 2]) for i in range(8)]
+    site_ids = [label.coarse_id for label in labels]
+    crops = torch.randn(8, 3, 4, 4, 4, generator=torch.Generator().manual_seed(2))
+    text_features = torch.randn(8, 6, generator=torch.Generator().manual_seed(3))
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(3 * 64, 10))
+    model = ClipTrainingModel(encoder, nn.Linear(6, 10))
+    config = TrainingConfig(
+        stage="coarse", output_dir=output_dir, phantom_seeds=[0], batch_size=8, skip_top=2,
+        learning_rate=0.01, device="cpu",
+    )
+    trainer = ContrastiveTrainer(config, list(crops), labels, site_ids, text_features, model, context)
+    return trainer, crops, list(range(8))
+
+
+@pytest.mark.slow
+def test_distributed_step_matches_single_process(tmp_path: Path):
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    script = tmp_path / "step.py"
+    script.write_text(DISTRIBUTED_STEP)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torchrun = shutil.which("torchrun") or sys.executable
+    prefix = [torchrun] if torchrun != sys.executable else [sys.executable, "-m", "torch.distributed.run"]
+    result = subprocess.run(
+        [*prefix, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
+         str(script), str(tmp_path / "distributed.pt")],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    trainer, crops, batch = distributed_fixture(DistributedContext(0, 1, torch.device("cpu")))
+    before = {name: value.clone() for name, value in trainer.model.state_dict().items()}
+    trainer.train_step(crops[batch], torch.tensor(batch))
+    distributed = torch.load(tmp_path / "distributed.pt", weights_only=True)
+    for name, value in trainer.model.state_dict().items():
+        assert not torch.equal(value, before[name]), name
+        torch.testing.assert_close(distributed[name], value, rtol=1e-5, atol=1e-6)
+
+
+# Phantom studies in memory.
+
+
+def test_phantom_lesions_labels_and_crops():
+    pytest.importorskip("dicom.phantom.volumes")
+    from models.crop import CropSpec
+    from models.training.dataset import LesionCropDataset
+    from models.training.phantom import phantom_lesions
+    from models.vocabulary import default_vocabulary
+    from dicom.phantom.volumes import build_phantom_volumes
+
+    vocabulary = default_vocabulary()
+    lesions, cases = phantom_lesions([11], 6, vocabulary)
+    truth = build_phantom_volumes(11, 6).lesions
+
+    assert len(lesions) == 6
+    spec = CropSpec((16, 16, 16), (4.0, 4.0, 4.0), ("ct", "pet", "mask"), (None, None, None))
+    dataset = LesionCropDataset(lesions, cases, spec)
+    for index, (lesion, expected) in enumerate(zip(lesions, truth, strict=True)):
+        assert lesion.labels.fine_id == expected.site_id
+        assert lesion.labels.coarse_id == vocabulary.parent(expected.site_id).id
+        assert lesion.labels.region == vocabulary.site(lesion.labels.coarse_id).region
+        # The mask's box centre is within a voxel (3 mm slices) of the sphere's centre.
+        assert np.allclose(lesion.centre_mm, expected.centre_mm, atol=3.0)
+        crop = dataset[index]
+        # The central voxels lie inside the lesion: mask 1 and the lesion's SUV.
+        assert crop[2, 7:9, 7:9, 7:9].min().item() == 1.0
+        assert crop[1, 8, 8, 8].item() == pytest.approx(expected.suv_max, rel=0.35)
+
+
+# The hclal train command line.
+
+
+def test_train_command_needs_data():
+    from typer.testing import CliRunner
+
+    from worker.cli import app
+
+    result = CliRunner().invoke(app, ["train", "coarse"])
+
+    assert result.exit_code == 1
+    assert "give a config file with -i CONFIG.py" in result.output
+
+
+def test_train_command_rejects_stage():
+    from typer.testing import CliRunner
+
+    from worker.cli import app
+
+    result = CliRunner().invoke(app, ["train", "medium", "--phantom-seeds", "1"])
+
+    assert result.exit_code == 1
+    assert "stage must be 'coarse' or 'fine'" in result.output
+
+
+def test_parse_seeds_ranges():
+    from worker.cli.train import parse_seeds
+
+    assert parse_seeds("0-3,7, 9-10") == [0, 1, 2, 3, 7, 9, 10]

@@ -1,35 +1,33 @@
 """The worker's findings in a real web viewer: OHIF 3.13 over Orthanc DICOMweb in Chromium.
 
-One browser session stores a phantom CT series, its SEG and two SRs in Orthanc and
-opens the study in OHIF in headless Chromium: the report that ``dicom.sr`` builds,
-and an outline-only report with the same outlines and sites. It loads each SR and
-records the labels drawn on each lesion's slice; the tests check them. Orthanc, the
-web server and Chromium run in a network namespace with only the loopback
-interface (``unshare -n``). The screenshots and ``summary.json`` are kept in
-``$HCLAL_TEST_ARTIFACTS/viewer`` (default ``artifacts/viewer`` at the repository root).
+One browser session stores a phantom CT series, its SEG and three SRs in Orthanc
+and opens the study in OHIF in headless Chromium. The SRs are the report that
+``dicom.sr`` builds, the same report as an Enhanced SR, and the outline document.
+It loads each SR and records the labels drawn on each lesion's slice; the tests
+check them. Orthanc, the web server and Chromium run in a network namespace with
+only the loopback interface (``unshare -n``). The screenshots and ``summary.json``
+are kept in ``$HCLAL_TEST_ARTIFACTS/viewer`` (default ``artifacts/viewer`` at the
+repository root).
 
-A faster test checks the web server alone: OHIF routes, MIME types and the
-DICOMweb proxy to a real Orthanc.
+Faster tests check the web server alone (OHIF routes, MIME types and the DICOMweb
+proxy to a real Orthanc) and set-up without a registry.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
-import subprocess
-import sys
 import urllib.request
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
 
-import pydicom
 import pytest
 
 from dicom.sr import SERIES_DESCRIPTION
 from tests.viewer.fixtures import (
+    FALLBACK_SR_SERIES_NUMBER,
     OUTLINE_SR_SERIES_NUMBER,
     SITE_PROBABILITY,
     WORKER_SR_SERIES_NUMBER,
@@ -38,25 +36,27 @@ from tests.viewer.fixtures import (
     write_phantom_study,
 )
 from tests.viewer.server import LOOPBACK, start_viewer_server
-from tests.viewer.session import free_port, running_orthanc, upload_instances
+from tests.viewer.sr_content import PlanarFinding, instance_numbers, planar_findings
+from tests.viewer.session import (
+    RegistryUnreachableError,
+    free_port,
+    prepare_viewer_cache,
+    run_isolated_session,
+    running_orthanc,
+    upload_instances,
+)
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-SETUP_SCRIPT = REPOSITORY / "tests" / "viewer" / "setup.sh"
-NPM_REGISTRY_UNREACHABLE = 3
 FINDING_SITE_CONCEPT = "363698007"
-SESSION_TIMEOUT_S = 240
 
 
 @pytest.fixture(scope="module")
 def viewer_cache() -> Path:
     """The cached OHIF build and playwright-core, fetched by setup.sh when missing."""
-    completed = subprocess.run(
-        [str(SETUP_SCRIPT)], capture_output=True, text=True, timeout=600, check=False
-    )
-    if completed.returncode == NPM_REGISTRY_UNREACHABLE:
-        pytest.skip(f"the npm registry is unreachable, so OHIF cannot be fetched: {completed.stderr}")
-    assert completed.returncode == 0, f"tests/viewer/setup.sh failed:\n{completed.stderr}"
-    return Path(completed.stdout.strip().splitlines()[-1])
+    try:
+        return prepare_viewer_cache()
+    except RegistryUnreachableError as error:
+        pytest.skip(f"npm registry unreachable, so OHIF cannot be fetched: {error}")
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,19 @@ class ViewerRun:
     reports: dict[int, dict]
     out: Path
 
+    def labels_at_findings(
+        self, series_number: int, sr_path: Path
+    ) -> list[tuple[PlanarFinding, list[str]]]:
+        """Pair each planar group of the SR with the label lines drawn on its image."""
+        instances = instance_numbers(self.study.ct_paths)
+        labels = labels_by_instance(self.reports[series_number])
+        pairs = []
+        for finding in planar_findings(sr_path):
+            instance = f"I:{instances[finding.referenced_sop_instance_uid]}"
+            assert instance in labels, f"slice {instance} of {finding} not visited: {labels}"
+            pairs.append((finding, labels[instance]))
+        return pairs
+
 
 def artifacts_folder() -> Path:
     """Return an empty folder that keeps the screenshots and summary after the tests."""
@@ -78,47 +91,23 @@ def artifacts_folder() -> Path:
     return folder
 
 
-def planar_areas_mm2(sr_path: Path) -> list[float]:
-    """Return the Area NUM of each planar group (TID 1410) of the SR, in document order."""
-    report = pydicom.dcmread(sr_path)
-    areas = []
-    for container in report.ContentSequence:
-        for group in getattr(container, "ContentSequence", []):
-            for item in getattr(group, "ContentSequence", []):
-                if item.ValueType == "NUM" and item.ConceptNameCodeSequence[0].CodeMeaning == "Area":
-                    areas.append(float(item.MeasuredValueSequence[0].NumericValue))
-    return areas
-
-
-def run_viewer_session(cache: Path, study: PhantomStudy, out: Path) -> subprocess.CompletedProcess:
-    """Run tests.viewer.session inside ``unshare -n`` with only loopback up."""
-    session = [
-        sys.executable, "-m", "tests.viewer.session",
-        "--cache", str(cache),
-        "--out", str(out),
-        "--study-uid", study.study_instance_uid,
-        "--sr-series-number", str(WORKER_SR_SERIES_NUMBER),
-        "--sr-series-number", str(OUTLINE_SR_SERIES_NUMBER),
-    ]
-    for lesion in study.lesions:
-        session += ["--expect-site", lesion.finding_site.meaning]
-    session += [str(path) for path in study.paths]
-
-    inner = "ip link set lo up && exec " + shlex.join(session)
-    return subprocess.run(
-        ["unshare", "--net", "sh", "-c", inner],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
-        timeout=SESSION_TIMEOUT_S,
-        check=False,
-    )
-
-
 def fetch(url: str) -> tuple[Message, bytes]:
     """GET ``url`` and return the response headers and body."""
     with urllib.request.urlopen(url, timeout=10) as response:
         return response.headers, response.read()
+
+
+def test_setup_reports_unreachable_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An empty cache and a registry on a closed loopback port: no request leaves the host.
+    monkeypatch.setenv("HCLAL_TEST_VIEWER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("npm_config_registry", f"http://{LOOPBACK}:{free_port()}/")
+
+    with pytest.raises(RegistryUnreachableError, match="unreachable"):
+        prepare_viewer_cache()
+
+    assert not (tmp_path / "cache").exists()
 
 
 @pytest.mark.orthanc
@@ -150,20 +139,26 @@ def test_server_proxies_dicomweb(tmp_path: Path) -> None:
     assert study_uids == [study.study_instance_uid]
     series = json.loads(series_body)
     modalities = sorted(item["00080060"]["Value"][0] for item in series)
-    assert modalities == ["CT", "SEG", "SR", "SR"]
+    assert modalities == ["CT", "SEG", "SR", "SR", "SR"]
 
 
 @pytest.fixture(scope="module")
 def viewer_run(viewer_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> ViewerRun:
-    """One OHIF session over the phantom study with both SRs; its summary and artifacts."""
+    """One OHIF session over the phantom study with its three SRs; summary and artifacts."""
     study = write_phantom_study(tmp_path_factory.mktemp("study"))
     out = artifacts_folder()
 
-    completed = run_viewer_session(viewer_cache, study, out)
+    sites = [finding.finding_site for finding in planar_findings(study.worker_sr_path)]
+    completed, summary = run_isolated_session(
+        viewer_cache,
+        study.study_instance_uid,
+        study.paths,
+        [WORKER_SR_SERIES_NUMBER, OUTLINE_SR_SERIES_NUMBER, FALLBACK_SR_SERIES_NUMBER],
+        sites,
+        out,
+    )
 
-    summary_path = out / "summary.json"
-    assert summary_path.is_file(), f"no summary.json; session output:\n{completed.stderr[-4000:]}"
-    summary = json.loads(summary_path.read_text())
+    assert summary is not None, f"no summary.json; session output:\n{completed.stderr[-4000:]}"
     assert "error" not in summary, summary.get("error")
     assert completed.returncode in (0, 1), completed.stderr[-4000:]
     reports = {report["seriesNumber"]: report for report in summary["reports"]}
@@ -202,19 +197,18 @@ def test_ohif_renders_ct_offline(viewer_run: ViewerRun) -> None:
 @pytest.mark.orthanc
 @pytest.mark.slow
 def test_ohif_labels_outline_report(viewer_run: ViewerRun) -> None:
-    report = viewer_run.reports[OUTLINE_SR_SERIES_NUMBER]
-    labels = labels_by_instance(report)
-    areas_mm2 = planar_areas_mm2(viewer_run.study.outline_sr_path)
-    assert len(areas_mm2) == len(viewer_run.study.lesions)
+    pairs = viewer_run.labels_at_findings(
+        OUTLINE_SR_SERIES_NUMBER, viewer_run.study.outline_sr_path
+    )
 
-    for lesion, area_mm2 in zip(viewer_run.study.lesions, areas_mm2):
-        instance = f"I:{lesion.centre[0] + 1}"
-        assert instance in labels, f"{lesion.label} slice not visited: {labels}"
-        assert labels[instance] == [
-            f"Area: {area_mm2:.2f} mm2",
-            f"{FINDING_SITE_CONCEPT}: {lesion.finding_site.meaning}",
+    sites = [finding.finding_site for finding, _ in pairs]
+    assert sites == [lesion.finding_site.meaning for lesion in viewer_run.study.lesions]
+    for finding, lines in pairs:
+        assert lines == [
+            f"Area: {finding.area_mm2:.2f} mm2",
+            f"{FINDING_SITE_CONCEPT}: {finding.finding_site}",
         ]
-    assert report["missingSites"] == []
+    assert viewer_run.reports[OUTLINE_SR_SERIES_NUMBER]["missingSites"] == []
 
 
 @pytest.mark.browser
@@ -223,15 +217,26 @@ def test_ohif_labels_outline_report(viewer_run: ViewerRun) -> None:
 def test_ohif_labels_worker_report_measurements(viewer_run: ViewerRun) -> None:
     # OHIF merges the volumetric and planar groups of a lesion (same Tracking Unique
     # Identifier) into one label: the NUM items in document order, then the Finding Site.
-    labels = labels_by_instance(viewer_run.reports[WORKER_SR_SERIES_NUMBER])
+    pairs = viewer_run.labels_at_findings(WORKER_SR_SERIES_NUMBER, viewer_run.study.worker_sr_path)
 
-    for lesion in viewer_run.study.lesions:
-        instance = f"I:{lesion.centre[0] + 1}"
-        assert instance in labels, f"{lesion.label} slice not visited: {labels}"
-        lines = labels[instance]
+    assert len(pairs) == len(viewer_run.study.lesions)
+    for lesion, (_, lines) in zip(viewer_run.study.lesions, pairs):
         assert lines[0] == f"Volume: {lesion_volume_ml(lesion):.2f} ml"
         assert lines[1] == f"Standardized Uptake Value: {lesion.suv_max:.2f} {{SUVbw}}g/ml"
         assert f"Probability: {SITE_PROBABILITY:.2f} 1" in lines
+
+
+@pytest.mark.browser
+@pytest.mark.orthanc
+@pytest.mark.slow
+def test_ohif_labels_fallback_report_alike(viewer_run: ViewerRun) -> None:
+    # The Enhanced SR that goes to destinations without Comprehensive 3D SR support.
+    study = viewer_run.study
+    primary = viewer_run.labels_at_findings(WORKER_SR_SERIES_NUMBER, study.worker_sr_path)
+    fallback = viewer_run.labels_at_findings(FALLBACK_SR_SERIES_NUMBER, study.fallback_sr_path)
+
+    assert len(fallback) == len(study.lesions)
+    assert [lines for _, lines in fallback] == [lines for _, lines in primary]
 
 
 @pytest.mark.browser
@@ -244,8 +249,7 @@ def test_ohif_labels_worker_report_measurements(viewer_run: ViewerRun) -> None:
     "give 8 NUM lines (volume, 3 SUVs, 3 probabilities, area) before the Finding Site",
 )
 def test_ohif_labels_worker_report_sites(viewer_run: ViewerRun) -> None:
-    labels = labels_by_instance(viewer_run.reports[WORKER_SR_SERIES_NUMBER])
+    pairs = viewer_run.labels_at_findings(WORKER_SR_SERIES_NUMBER, viewer_run.study.worker_sr_path)
 
-    for lesion in viewer_run.study.lesions:
-        lines = labels.get(f"I:{lesion.centre[0] + 1}", [])
-        assert f"{FINDING_SITE_CONCEPT}: {lesion.finding_site.meaning}" in lines
+    for finding, lines in pairs:
+        assert f"{FINDING_SITE_CONCEPT}: {finding.finding_site}" in lines

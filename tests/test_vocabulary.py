@@ -129,6 +129,10 @@ def test_indices_follow_file_order(vocabulary) -> None:
     for position, site in enumerate(vocabulary.fine_sites):
         assert vocabulary.fine_index(site.id) == position
     assert vocabulary.coarse_index(vocabulary.coarse_sites[-1].id) == len(vocabulary.coarse_sites) - 1
+    with pytest.raises(ValueError, match="not a fine site"):
+        vocabulary.fine_index("liver")
+    with pytest.raises(UnknownSiteError):
+        vocabulary.coarse_index("liver_segment_9")
 
 
 def test_ids_snake_case_and_unique(vocabulary) -> None:
@@ -276,6 +280,7 @@ def test_import_hclal_flat_layout(tmp_path: Path, vocabulary) -> None:
         "Right ribs": ["Rib R3", "Right rib 11"],
         "Mediastinum": ["Mediastinum 4R", "Mediastinum 7", "Oesophagus"],
         "Lumbar spine": ["L2 vertebra", "vertebra l5"],
+        "Back": ["Right upper back subcutaneous tissue", "Left lumbar muscle"],
     }
     result = import_hclal_files(*_write_hclal_files(tmp_path, library, {}), vocabulary)
     mapping = result.mapping()
@@ -289,6 +294,8 @@ def test_import_hclal_flat_layout(tmp_path: Path, vocabulary) -> None:
     assert mapping["L2 vertebra"] == "vertebra_l2"
     assert mapping["vertebra l5"] == "vertebra_l5"
     assert mapping["Lumbar spine"] == "lumbar_spine"
+    assert mapping["Right upper back subcutaneous tissue"] == "upper_back_subcutaneous_tissue"
+    assert mapping["Left lumbar muscle"] == "paraspinal_lumbar_muscle_left"
     assert "Mediastinum" not in mapping
 
 

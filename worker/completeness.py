@@ -30,9 +30,18 @@ from sqlalchemy import Engine, select
 
 from worker import metrics
 from worker.config import Settings
-from worker.db.models import Analysis, AnalysisState, Event, Instance, Series, Study, StudyState, utcnow
+from worker.db.models import (
+    Analysis,
+    AnalysisState,
+    Event,
+    Instance,
+    Series,
+    Study,
+    StudyState,
+    utcnow,
+)
 from worker.db.session import session_scope
-from worker.ingest import StoreOutcome, StoreResult
+from worker.ingest import StoreOutcome, StoreResult, write_lock
 
 LOGGER = logging.getLogger(__name__)
 
@@ -220,7 +229,9 @@ class CompletenessTracker:
             try:
                 seg = pydicom.dcmread(file_path, stop_before_pixels=True)
             except (OSError, InvalidDicomError) as exc:
-                LOGGER.error("cannot read spooled SEG %s of study %s: %s", file_path, study_uid, exc)
+                LOGGER.error(
+                    "cannot read spooled SEG %s of study %s: %s", file_path, study_uid, exc
+                )
                 continue
             completed += self.track_segmentation(
                 study_uid, series_uid, str(seg.SOPInstanceUID), referenced_instances(seg)
@@ -262,7 +273,9 @@ class CompletenessTracker:
             if entry is None:
                 continue
             study_uid, series_uid = entry
-            LOGGER.info("study %s complete: every instance SEG %s references is stored", study_uid, seg_uid)
+            LOGGER.info(
+                "study %s complete: every instance SEG %s references is stored", study_uid, seg_uid
+            )
             queued = self._queue_analysis(
                 study_uid, TRIGGER_COMPLETE, REASON_REFERENCES_STORED, seg_series_uid=series_uid
             )
@@ -289,7 +302,9 @@ class CompletenessTracker:
                 chunk = ordered[start : start + _UID_QUERY_CHUNK]
                 stored.update(
                     connection.scalars(
-                        select(Instance.sop_instance_uid).where(Instance.sop_instance_uid.in_(chunk))
+                        select(Instance.sop_instance_uid).where(
+                            Instance.sop_instance_uid.in_(chunk)
+                        )
                     )
                 )
         return stored
@@ -298,7 +313,7 @@ class CompletenessTracker:
         self, study_uid: str, trigger: str, reason: str, seg_series_uid: str | None = None
     ) -> int | None:
         """Complete the study and add a queued analysis, at most once per completion."""
-        with self._queue_lock, session_scope(self.engine) as session:
+        with self._queue_lock, write_lock(self.engine), session_scope(self.engine) as session:
             study = session.scalars(
                 select(Study).where(Study.study_instance_uid == study_uid).with_for_update()
             ).one()
@@ -352,13 +367,14 @@ class CompletenessTracker:
             self._enqueue(analysis_id)
         except Exception as exc:  # noqa: BLE001 - the instance is stored; the row stays queued
             LOGGER.exception("could not enqueue analysis %d of study %s", analysis_id, study_uid)
-            with session_scope(self.engine) as session:
+            with write_lock(self.engine), session_scope(self.engine) as session:
                 session.add(
                     Event(
                         kind="enqueue_failed",
                         study_instance_uid=study_uid,
                         analysis_id=analysis_id,
-                        message=f"the analysis row is queued but could not be sent to the task queue: {exc}",
+                        message="the analysis row is queued but could not be sent to the "
+                        f"task queue: {exc}",
                     )
                 )
 
@@ -367,7 +383,9 @@ def _may_queue(session, study: Study, trigger: str) -> bool:  # noqa: ANN001
     if trigger != TRIGGER_LATE_INSTANCE:
         return study.state == StudyState.RECEIVING
     waiting = session.scalar(
-        select(Analysis.id).where(Analysis.study_id == study.id, Analysis.state == AnalysisState.QUEUED)
+        select(Analysis.id).where(
+            Analysis.study_id == study.id, Analysis.state == AnalysisState.QUEUED
+        )
     )
     return waiting is None
 

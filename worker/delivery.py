@@ -3,7 +3,8 @@
 Transient failures are retried with exponential backoff by
 :func:`dicom.network.scu.deliver_with_retries`; each attempt becomes a ``delivery``
 row. A destination that does not accept Comprehensive 3D SR gets the fallback
-variant written beside the report. When every destination stored the report the
+variant written beside the report; every destination then gets the outline
+document (planar groups only) that web viewers label with the finding site. When every destination stored the report the
 analysis is ``delivered``, otherwise ``delivery_failed`` (``hclal admin resend``
 tries again).
 """
@@ -33,8 +34,6 @@ def deliver_report(settings: Settings, report_id: int, *, force: bool = True) ->
     With ``force`` False a report whose analysis is already delivered is not sent
     again (a redelivered Celery task); ``hclal admin resend`` passes True.
     """
-    from dicom.network.scu import deliver_with_retries
-
     engine = get_engine(settings.effective_database_url)
     with session_scope(engine) as session:
         report = session.get(Report, report_id)
@@ -43,6 +42,8 @@ def deliver_report(settings: Settings, report_id: int, *, force: bool = True) ->
         analysis_id = report.analysis_id
         state = report.analysis.state
         path = Path(report.file_path)
+        fallback = Path(report.fallback_file_path) if report.fallback_file_path else None
+        outline = Path(report.outline_file_path) if report.outline_file_path else None
         sop_instance_uid = report.sop_instance_uid
     if state == AnalysisState.DELIVERED and not force:
         LOGGER.info("report %d (SR %s) already delivered; not sending again", report_id, sop_instance_uid)
@@ -55,44 +56,47 @@ def deliver_report(settings: Settings, report_id: int, *, force: bool = True) ->
 
     failures = []
     for destination in settings.destinations:
-        first_attempt = _attempts_so_far(engine, report_id, destination) + 1
-        recorder = _recorder(engine, report_id, first_attempt)
-        result = deliver_with_retries(path, destination, settings, record_attempt=recorder)
+        result = _send(engine, settings, report_id, path, destination)
         if result.sop_class_rejected:
-            fallback = _fallback_file(path)
             LOGGER.warning(
                 "%s does not accept SOP class %s; sending %s instead", destination.ae_title,
                 result.sop_class_uid, settings.sr_fallback_sop_class,
             )
-            result = deliver_with_retries(fallback, destination, settings, record_attempt=recorder)
+            result = _send(engine, settings, report_id, _existing(fallback, sop_instance_uid), destination)
+        if result.delivered and outline is not None:
+            result = _send(engine, settings, report_id, _existing(outline, sop_instance_uid), destination)
         if not result.delivered:
             failures.append(f"{destination.ae_title}@{destination.host}:{destination.port}: {result.error}")
 
     return _finish(engine, analysis_id, sop_instance_uid, failures)
 
 
-def _recorder(engine, report_id: int, first_attempt: int):  # noqa: ANN001, ANN202
-    from dicom.network.scu import DeliveryAttempt, record_delivery
+def _send(engine, settings: Settings, report_id: int, path: Path, destination: Destination):  # noqa: ANN001, ANN202
+    """Send one document with retries, numbering its attempts after the earlier ones."""
+    import pydicom
 
-    counter = {"next": first_attempt}
+    from dicom.network.scu import DeliveryAttempt, deliver_with_retries, record_delivery
+
+    dataset = pydicom.dcmread(path)
+    sop_instance_uid = str(dataset.SOPInstanceUID)
+    offset = _attempts_so_far(engine, report_id, destination, sop_instance_uid)
 
     def record(attempt: DeliveryAttempt) -> None:
         from dataclasses import replace
 
-        numbered = replace(attempt, attempt=counter["next"])
-        counter["next"] += 1
         with session_scope(engine) as session:
-            record_delivery(session, report_id, numbered)
+            record_delivery(session, report_id, replace(attempt, attempt=offset + attempt.attempt))
         metrics.DELIVERIES.labels(status=attempt.result.status.value).inc()
 
-    return record
+    return deliver_with_retries(dataset, destination, settings, record_attempt=record)
 
 
-def _attempts_so_far(engine, report_id: int, destination: Destination) -> int:  # noqa: ANN001
+def _attempts_so_far(engine, report_id: int, destination: Destination, sop_instance_uid: str) -> int:  # noqa: ANN001
     with session_scope(engine) as session:
         count = session.scalar(
             select(func.max(Delivery.attempt)).where(
                 Delivery.report_id == report_id,
+                Delivery.sop_instance_uid == sop_instance_uid,
                 Delivery.destination_ae_title == destination.ae_title,
                 Delivery.destination_host == destination.host,
                 Delivery.destination_port == destination.port,
@@ -101,13 +105,12 @@ def _attempts_so_far(engine, report_id: int, destination: Destination) -> int:  
     return int(count or 0)
 
 
-def _fallback_file(path: Path) -> Path:
-    from worker.reporting import fallback_path_of
-
-    fallback = fallback_path_of(path)
-    if not fallback.is_file():
-        raise DeliveryError(f"fallback report {fallback} is missing; requeue the analysis")
-    return fallback
+def _existing(path: Path | None, sop_instance_uid: str) -> Path:
+    if path is None or not path.is_file():
+        raise DeliveryError(
+            f"companion document {path} of SR {sop_instance_uid} is missing; requeue the analysis"
+        )
+    return path
 
 
 def _finish(engine, analysis_id: int, sop_instance_uid: str, failures: list[str]) -> AnalysisState:  # noqa: ANN001

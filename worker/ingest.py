@@ -1,7 +1,7 @@
 """Store one received instance: its file in the spool and its study, series and instance rows.
 
-The C-STORE SCP calls :meth:`InstanceStore.store` for every instance and answers
-success only after it returns, so an acknowledged instance is both on disk and
+The C-STORE SCP calls :meth:`InstanceStore.store` for every instance and returns
+Success to the peer only after it returns, so an acknowledged instance is both on disk and
 committed. Concurrent associations may create the same study or series row at
 the same moment; the insert skips an existing row (``ON CONFLICT DO NOTHING``) and
 then reads it, so neither association fails and no duplicate row appears.
@@ -14,9 +14,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -30,16 +30,36 @@ from worker.db.models import Event, Instance, Series, Study, StudyState, utcnow
 
 LOGGER = logging.getLogger(__name__)
 
-# SQLite answers "database is locked" when another process holds the write lock for
+# SQLite raises "database is locked" when another process holds the write lock for
 # longer than the busy timeout; the transaction is retried this many times.
 SQLITE_LOCKED_RETRIES = 3
+
+# Granularity of study.last_received_at, which only the quiet period reads.
+LAST_RECEIVED_RESOLUTION = timedelta(seconds=1)
 
 _LOCK_STRIPES = 64
 _T = TypeVar("_T")
 
+_SQLITE_WRITE_LOCKS: dict[str, threading.Lock] = {}
+_SQLITE_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+def write_lock(engine: Engine) -> AbstractContextManager:
+    """Return the lock that this process's writers to ``engine`` hold around a transaction.
+
+    SQLite has one writer at a time, and a transaction that reads before it writes
+    fails at once (SQLITE_BUSY) if another connection committed in between, so the
+    SCP's threads take turns. Other databases get a no-op context.
+    """
+    if engine.dialect.name != "sqlite":
+        return nullcontext()
+    key = engine.url.render_as_string(hide_password=False)
+    with _SQLITE_WRITE_LOCKS_GUARD:
+        return _SQLITE_WRITE_LOCKS.setdefault(key, threading.Lock())
+
 
 class StoreOutcome(str, enum.Enum):
-    """What storing one instance changed."""
+    """Outcome of storing one instance."""
 
     STORED = "stored"
     DUPLICATE = "duplicate"
@@ -50,7 +70,7 @@ class StoreOutcome(str, enum.Enum):
 class InstanceIdentity:
     """The attributes of a received instance that the worker records.
 
-    Patient name, ID and birth date go to the ``study`` row only and are never logged.
+    Patient name, ID and birth date go to the ``study`` row only and are left out of ``repr``.
     """
 
     study_instance_uid: str
@@ -62,9 +82,9 @@ class InstanceIdentity:
     series_description: str | None = None
     series_number: int | None = None
     frame_of_reference_uid: str | None = None
-    patient_name: str | None = None
-    patient_id: str | None = None
-    patient_birth_date: str | None = None
+    patient_name: str | None = field(default=None, repr=False)
+    patient_id: str | None = field(default=None, repr=False)
+    patient_birth_date: str | None = field(default=None, repr=False)
     accession_number: str | None = None
     study_date: str | None = None
     study_description: str | None = None
@@ -129,7 +149,7 @@ class InstanceStore:
     engine
         Engine of the worker database, schema at head.
     spool
-        The spool that holds the files.
+        The spool that contains the files.
 
     Notes
     -----
@@ -142,12 +162,12 @@ class InstanceStore:
         self.spool = spool
         self._sop_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._is_sqlite = engine.dialect.name == "sqlite"
-        # SQLite has one writer at a time; taking turns here avoids busy waits in the driver.
-        self._sqlite_write_lock = threading.Lock()
         # Series Instance UID -> series.id; series rows never change once written.
         self._series_ids: dict[str, int] = {}
 
-    def store(self, data: bytes, identity: InstanceIdentity, calling_ae_title: str | None) -> StoreResult:
+    def store(
+        self, data: bytes, identity: InstanceIdentity, calling_ae_title: str | None
+    ) -> StoreResult:
         """Store the encoded instance ``data`` (preamble, file meta and data set).
 
         Raises
@@ -174,7 +194,9 @@ class InstanceStore:
             spooled = self.spool.write(data, path)
             try:
                 was_receiving = self._write(
-                    lambda connection: self._insert_rows(connection, identity, spooled, calling_ae_title)
+                    lambda connection: self._insert_rows(
+                        connection, identity, spooled, calling_ae_title
+                    )
                 )
             except IntegrityError:
                 # The SOP Instance UID is stored under another study or series path.
@@ -189,7 +211,12 @@ class InstanceStore:
         return StoreResult(StoreOutcome.STORED, identity, spooled.path, digest, was_receiving)
 
     def _compare_with_stored(
-        self, data: bytes, digest: str, identity: InstanceIdentity, calling_ae_title: str | None, path: Path
+        self,
+        data: bytes,
+        digest: str,
+        identity: InstanceIdentity,
+        calling_ae_title: str | None,
+        path: Path,
     ) -> StoreResult | None:
         """Return the duplicate or conflict result if the SOP Instance UID has a row, else None."""
         stored_digest = self._stored_digest(identity.sop_instance_uid)
@@ -201,7 +228,11 @@ class InstanceStore:
         return self._keep_conflict(data, identity, calling_ae_title, stored_digest)
 
     def _keep_conflict(
-        self, data: bytes, identity: InstanceIdentity, calling_ae_title: str | None, stored_digest: str
+        self,
+        data: bytes,
+        identity: InstanceIdentity,
+        calling_ae_title: str | None,
+        stored_digest: str,
     ) -> StoreResult:
         spooled = self.spool.write_conflict(data, identity.sop_instance_uid)
         LOGGER.warning(
@@ -233,7 +264,11 @@ class InstanceStore:
             ).scalar_one_or_none()
 
     def _insert_rows(
-        self, connection: Connection, identity: InstanceIdentity, spooled: SpooledFile, calling_ae_title: str | None
+        self,
+        connection: Connection,
+        identity: InstanceIdentity,
+        spooled: SpooledFile,
+        calling_ae_title: str | None,
     ) -> bool:
         """Add the instance row, creating its study and series rows if needed.
 
@@ -281,7 +316,7 @@ class InstanceStore:
 
         for attempt in range(1, SQLITE_LOCKED_RETRIES + 1):
             try:
-                with self._sqlite_write_lock, self.engine.begin() as connection:
+                with write_lock(self.engine), self.engine.begin() as connection:
                     return work(connection)
             except OperationalError as exc:
                 if "locked" not in str(exc.orig) or attempt == SQLITE_LOCKED_RETRIES:
@@ -296,25 +331,33 @@ class InstanceStore:
             yield
 
 
-def _insert_ignoring_conflict(connection: Connection, table: type, unique_column: str, values: dict) -> None:
+def _insert_ignoring_conflict(
+    connection: Connection, table: type, unique_column: str, values: dict
+) -> None:
     dialect = connection.dialect.name
     dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = dialect_insert(table).values(**values).on_conflict_do_nothing(index_elements=[unique_column])
+    statement = (
+        dialect_insert(table)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=[unique_column])
+    )
     connection.execute(statement)
 
 
-def _upsert_study(connection: Connection, identity: InstanceIdentity, now: datetime) -> tuple[int, StudyState]:
+def _upsert_study(
+    connection: Connection, identity: InstanceIdentity, now: datetime
+) -> tuple[int, StudyState]:
     """Return the id and state of the study, inserting its row first if it is new.
 
-    The UPDATE comes first because the study exists for all but its first instance.
+    ``last_received_at`` moves forward only when it is more than
+    ``LAST_RECEIVED_RESOLUTION`` old. Updating it for every instance would lock
+    the study row until each commit and so serialise all associations that send
+    the same study.
     """
-    update_study = (
-        update(Study)
-        .where(Study.study_instance_uid == identity.study_instance_uid)
-        .values(last_received_at=now)
-        .returning(Study.id, Study.state)
+    select_study = select(Study.id, Study.state).where(
+        Study.study_instance_uid == identity.study_instance_uid
     )
-    row = connection.execute(update_study).one_or_none()
+    row = connection.execute(select_study).one_or_none()
     if row is None:
         _insert_ignoring_conflict(
             connection,
@@ -333,7 +376,13 @@ def _upsert_study(connection: Connection, identity: InstanceIdentity, now: datet
                 "last_received_at": now,
             },
         )
-        row = connection.execute(update_study).one()
+        row = connection.execute(select_study).one()
+
+    connection.execute(
+        update(Study)
+        .where(Study.id == row.id, Study.last_received_at < now - LAST_RECEIVED_RESOLUTION)
+        .values(last_received_at=now)
+    )
     return row.id, StudyState(row.state)
 
 

@@ -68,7 +68,9 @@ def run_analysis(settings: Settings, analysis_id: int) -> int | None:
         return _analyse(settings, engine, context)
     except Exception as exc:  # noqa: BLE001 - every failure is stored, then re-raised for Celery
         _record_failure(engine, analysis_id, exc)
-        if isinstance(exc, AnalysisError):
+        # Invalid inputs (no SEG, unusable series, SEG on another frame of reference) are
+        # final: they raise ValueError subclasses, and running again would fail the same way.
+        if isinstance(exc, AnalysisError | ValueError):
             return None
         raise
 
@@ -157,6 +159,10 @@ def _store_results(engine, context, inputs, predictions, report_file, localizer)
                 context.predecessor.sop_instance_uid if context.predecessor else None
             ),
             file_path=str(report_file.path),
+            fallback_sop_instance_uid=report_file.fallback_sop_instance_uid,
+            fallback_file_path=str(report_file.fallback_path),
+            outline_sop_instance_uid=report_file.outline_sop_instance_uid,
+            outline_file_path=str(report_file.outline_path),
         )
         session.add(report)
         analysis.coarse_model = model_name(localizer, "coarse")

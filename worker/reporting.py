@@ -1,20 +1,18 @@
 """Turn an analysis result into TID 1500 Structured Report files in the reports folder.
 
-Each report is written twice: as Comprehensive 3D SR (sent first) and as the
-configured fallback SOP class without 3-D coordinates, for destinations that do
-not accept Comprehensive 3D SR. Both share their content and tracking UIDs.
+Each analysis writes three documents: the report as Comprehensive 3D SR (sent
+first); the same content in the configured fallback SOP class, for destinations
+that do not accept Comprehensive 3D SR; and an outline document with only the
+planar groups, whose labels OHIF 3 shows with the finding site.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pydicom
 from pydicom.uid import generate_uid
 
 from worker.config import Settings
@@ -37,7 +35,10 @@ class ReportFile:
     sop_instance_uid: str
     series_instance_uid: str
     sop_class_uid: str
-    fallback_path: Path | None = None
+    fallback_path: Path
+    fallback_sop_instance_uid: str
+    outline_path: Path
+    outline_sop_instance_uid: str
 
 
 def package_version() -> str:
@@ -51,11 +52,10 @@ def package_version() -> str:
 
 
 def tracking_uid(study_uid: str, inputs: "StudyInputs", lesion) -> str:  # noqa: ANN001
-    """Return a Tracking UID that stays the same for this lesion across re-analyses."""
-    seg_uid = str(inputs.seg.SOPInstanceUID) if inputs.seg is not None else ""
-    return generate_uid(
-        entropy_srcs=[study_uid, seg_uid, str(lesion.segment_number), str(lesion.component)]
-    )
+    """Return the lesion's Tracking UID: the same in every re-analysis of the same SEG."""
+    from dicom.sr import lesion_tracking_uid
+
+    return lesion_tracking_uid(str(inputs.seg.SOPInstanceUID), lesion.segment_number, lesion.component)
 
 
 def device_uid(settings: Settings) -> str:
@@ -135,55 +135,57 @@ def build_report_inputs(settings: Settings, context, inputs: "StudyInputs", pred
 
 
 def write_report(settings: Settings, context, inputs: "StudyInputs", predictions, localizer) -> ReportFile:  # noqa: ANN001
-    """Build the SR (and its fallback variant) and write both to the reports folder."""
+    """Write the report, its fallback variant and its outline document to the reports folder.
+
+    The fallback (same content in ``HCLAL_SR_FALLBACK_SOP_CLASS``) and the outline
+    document (planar groups only, in the fallback class, its own series) get SOP
+    Instance UIDs derived from the report's, so a rebuild gives the same UIDs.
+    """
     from dataclasses import replace
 
-    from dicom.sr import SrSopClass, build_measurement_report
+    from dicom.sr import OUTLINE_SERIES_DESCRIPTION, SrSopClass, build_measurement_report, save_report
 
     report_inputs = build_report_inputs(
         settings, context, inputs, predictions, localizer, SrSopClass.COMPREHENSIVE_3D
     )
     primary = build_measurement_report(report_inputs)
-    folder = settings.reports_dir / context.study_instance_uid
-    path = _write_atomically(primary, folder / f"{primary.SOPInstanceUID}.dcm")
-
+    primary_uid = str(primary.SOPInstanceUID)
     fallback = build_measurement_report(
         replace(
             report_inputs,
             sop_class=fallback_sop_class(settings),
             series_instance_uid=str(primary.SeriesInstanceUID),
-            sop_instance_uid=generate_uid(entropy_srcs=[str(primary.SOPInstanceUID), "fallback"]),
+            sop_instance_uid=derived_uid(primary_uid, "fallback"),
         )
     )
-    fallback_path = _write_atomically(fallback, folder / f"{primary.SOPInstanceUID}.fallback.dcm")
+    outline = build_measurement_report(
+        replace(
+            report_inputs,
+            sop_class=fallback_sop_class(settings),
+            outlines_only=True,
+            series_instance_uid=derived_uid(str(primary.SeriesInstanceUID), "outline-series"),
+            sop_instance_uid=derived_uid(primary_uid, "outline"),
+            series_number=SR_SERIES_NUMBER + 1,
+            series_description=OUTLINE_SERIES_DESCRIPTION,
+        )
+    )
+    paths = [save_report(document, settings.reports_dir) for document in (primary, fallback, outline)]
     LOGGER.info(
-        "analysis %d: SR %s written with %d lesions", context.analysis_id, primary.SOPInstanceUID,
-        len(report_inputs.findings),
+        "analysis %d: SR %s written with %d lesions (fallback %s, outlines %s)", context.analysis_id,
+        primary_uid, len(report_inputs.findings), fallback.SOPInstanceUID, outline.SOPInstanceUID,
     )
     return ReportFile(
-        path=path,
-        sop_instance_uid=str(primary.SOPInstanceUID),
+        path=paths[0],
+        sop_instance_uid=primary_uid,
         series_instance_uid=str(primary.SeriesInstanceUID),
         sop_class_uid=str(primary.SOPClassUID),
-        fallback_path=fallback_path,
+        fallback_path=paths[1],
+        fallback_sop_instance_uid=str(fallback.SOPInstanceUID),
+        outline_path=paths[2],
+        outline_sop_instance_uid=str(outline.SOPInstanceUID),
     )
 
 
-def fallback_path_of(report_path: Path) -> Path:
-    """Return the path of the fallback variant written beside a report."""
-    return report_path.with_name(report_path.stem + ".fallback.dcm")
-
-
-def _write_atomically(dataset: pydicom.Dataset, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".partial")
-    os.close(handle)
-    try:
-        dataset.save_as(temporary, enforce_file_format=True)
-        with open(temporary, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+def derived_uid(uid: str, purpose: str) -> str:
+    """Return a UID derived from ``uid`` for a companion document (same input, same UID)."""
+    return generate_uid(entropy_srcs=[uid, purpose])

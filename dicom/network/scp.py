@@ -2,7 +2,7 @@
 
 The PACS forwards each PET/CT study and its SEG here. Every instance is stored
 exactly as received (:mod:`dicom.network.spool`) with its database row
-(:mod:`worker.ingest`), and only then answered with Success, so an acknowledged
+(:mod:`worker.ingest`), and only then is Success returned, so an acknowledged
 instance survives a crash. Then :mod:`worker.completeness` decides whether the
 study is ready for analysis.
 
@@ -42,7 +42,7 @@ from dicom.network.spool import Spool, SpoolFullError
 from worker import metrics
 from worker.completeness import CompletenessTracker
 from worker.config import Settings
-from worker.ingest import InstanceIdentity, InstanceStore, StoreOutcome
+from worker.ingest import InstanceIdentity, InstanceStore, StoreOutcome, StoreResult
 
 LOGGER = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # A-ASSOCIATE-RJ fields, PS3.8 section 9.3.4.
 RESULT_REJECTED_PERMANENT = 0x01
@@ -104,7 +106,7 @@ COMPRESSED_TRANSFER_SYNTAXES = (
 
 
 def accepted_transfer_syntaxes() -> list[str]:
-    """Return the transfer syntaxes the SCP accepts: uncompressed ones and decodable compressed ones."""
+    """Return the accepted transfer syntaxes: uncompressed and decodable compressed ones."""
     accepted = list(UNCOMPRESSED_TRANSFER_SYNTAXES)
     for syntax in COMPRESSED_TRANSFER_SYNTAXES:
         try:
@@ -162,7 +164,8 @@ def check_instance(dataset: Dataset, request_sop_class: str, request_sop_instanc
         )
     if str(dataset.SOPInstanceUID) != str(request_sop_instance):
         raise InvalidInstanceError(
-            f"SOPInstanceUID {dataset.SOPInstanceUID} differs from the request's {request_sop_instance}"
+            f"SOPInstanceUID {dataset.SOPInstanceUID} differs from the request's "
+            f"{request_sop_instance}"
         )
     if "PixelData" not in dataset:
         raise InvalidInstanceError("Pixel Data (7FE0,0010) is missing")
@@ -188,7 +191,7 @@ def _check_native_pixel_data(dataset: Dataset) -> None:
 
 
 def _check_encapsulated_pixel_data(value: bytes) -> None:
-    """Check that encapsulated Pixel Data is a sequence of items with at least one fragment (PS3.5 A.4)."""
+    """Check that encapsulated Pixel Data is a sequence of items with a frame (PS3.5 A.4)."""
     stream = DicomBytesIO(value)
     stream.is_little_endian = True
     try:
@@ -210,7 +213,7 @@ class _AssociationCounts:
 class _AccessControlledACSE(ACSE):
     """ACSE that rejects association requests from source addresses outside the allowed networks."""
 
-    def __init__(self, assoc: Association, allowed_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]):
+    def __init__(self, assoc: Association, allowed_networks: list[IPNetwork]) -> None:
         super().__init__(assoc)
         self._allowed_networks = allowed_networks
 
@@ -218,8 +221,14 @@ class _AccessControlledACSE(ACSE):
         address = self.assoc.requestor.address
         if not _address_allowed(address, self._allowed_networks):
             calling = self.requestor.primitive.calling_ae_title if self.requestor.primitive else "?"
-            LOGGER.warning("rejecting association from %s (AE %s): source address not allowed", address, calling)
-            self.send_reject(RESULT_REJECTED_PERMANENT, SOURCE_SERVICE_USER, DIAGNOSTIC_NO_REASON_GIVEN)
+            LOGGER.warning(
+                "rejecting association from %s (AE %s): source address not allowed",
+                address,
+                calling,
+            )
+            self.send_reject(
+                RESULT_REJECTED_PERMANENT, SOURCE_SERVICE_USER, DIAGNOSTIC_NO_REASON_GIVEN
+            )
             evt.trigger(self.assoc, evt.EVT_REJECTED, {})
             self.assoc.kill()
             return
@@ -231,7 +240,7 @@ class _AccessControlledACSE(ACSE):
         super().send_reject(result, source, diagnostic)
 
 
-def _address_allowed(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+def _address_allowed(address: str, networks: list[IPNetwork]) -> bool:
     if not networks:
         return True
     try:
@@ -256,7 +265,9 @@ class _RequestHandler(RequestHandler):
 
 
 class _Server(ThreadedAssociationServer):
-    allowed_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    """Association server that carries the allowed source networks to its request handlers."""
+
+    allowed_networks: list[IPNetwork]
 
 
 class StorageSCP:
@@ -328,12 +339,15 @@ class StorageSCP:
             request_handler=_RequestHandler,
         )
         server.allowed_networks = [
-            ipaddress.ip_network(entry, strict=False) for entry in self.settings.allowed_source_addresses
+            ipaddress.ip_network(entry, strict=False)
+            for entry in self.settings.allowed_source_addresses
         ]
         # pynetdicom's shutdown() expects its servers in this list, as start_server() leaves them.
         self.ae._servers.append(server)
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="storage-scp", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="storage-scp", daemon=True
+        )
         self._thread.start()
         LOGGER.info(
             "storage SCP %s listening on %s:%d%s",
@@ -359,7 +373,11 @@ class StorageSCP:
 
         open_associations = [a for a in self.ae.active_associations if a.is_acceptor]
         if open_associations:
-            LOGGER.info("waiting up to %.0f s for %d open associations", grace_period, len(open_associations))
+            LOGGER.info(
+                "waiting up to %.0f s for %d open associations",
+                grace_period,
+                len(open_associations),
+            )
         deadline = time.monotonic() + grace_period
         for assoc in open_associations:
             assoc.join(max(deadline - time.monotonic(), 0))
@@ -373,7 +391,7 @@ class StorageSCP:
         return STATUS_SUCCESS
 
     def _handle_store(self, event: evt.Event) -> int:
-        """Store one instance; answer Success only once its file and row are committed."""
+        """Store one instance; return Success only once its file and row are committed."""
         calling = event.assoc.requestor.ae_title
         request = event.request
         try:
@@ -391,15 +409,26 @@ class StorageSCP:
         try:
             result = self.store.store(event.encoded_dataset(), identity, calling)
         except SpoolFullError as exc:
-            return self._fail(event, STATUS_OUT_OF_RESOURCES, REASON_OUT_OF_RESOURCES, str(exc), error=True)
+            return self._fail(
+                event, STATUS_OUT_OF_RESOURCES, REASON_OUT_OF_RESOURCES, str(exc), error=True
+            )
         except OSError as exc:
             return self._fail(
-                event, STATUS_OUT_OF_RESOURCES, REASON_OUT_OF_RESOURCES, f"cannot write to the spool: {exc}",
+                event,
+                STATUS_OUT_OF_RESOURCES,
+                REASON_OUT_OF_RESOURCES,
+                f"cannot write to the spool: {exc}",
                 error=True,
             )
         except SQLAlchemyError as exc:
+            # The driver's message only: SQLAlchemy's own text lists the bound parameters,
+            # which include the patient's name for a new study.
+            reason = str(getattr(exc, "orig", None) or type(exc).__name__).splitlines()[0]
             return self._fail(
-                event, STATUS_OUT_OF_RESOURCES, REASON_OUT_OF_RESOURCES, f"cannot record the instance: {exc}",
+                event,
+                STATUS_OUT_OF_RESOURCES,
+                REASON_OUT_OF_RESOURCES,
+                f"cannot record the instance: {reason}",
                 error=True,
             )
 
@@ -409,22 +438,26 @@ class StorageSCP:
             metrics.INSTANCES_REJECTED.labels(reason=REASON_CONFLICT).inc()
         else:
             metrics.INSTANCES_RECEIVED.labels(modality=identity.modality or "unknown").inc()
-        LOGGER.debug("%s SOP Instance %s from %s", result.outcome.value, identity.sop_instance_uid, calling)
+        LOGGER.debug(
+            "%s SOP Instance %s from %s", result.outcome.value, identity.sop_instance_uid, calling
+        )
         if self.tracker is not None and result.outcome is StoreOutcome.STORED:
             self._track(result, dataset)
         return STATUS_SUCCESS
 
-    def _track(self, result, dataset: Dataset) -> None:  # noqa: ANN001
+    def _track(self, result: StoreResult, dataset: Dataset) -> None:
         try:
             self.tracker.instance_stored(result, dataset)
-        except Exception:  # noqa: BLE001 - the instance is stored; the quiet period catches the study
+        except Exception:  # noqa: BLE001 - stored anyway; the quiet period completes the study
             LOGGER.exception(
                 "completeness check failed after storing SOP Instance %s of study %s",
                 result.identity.sop_instance_uid,
                 result.identity.study_instance_uid,
             )
 
-    def _fail(self, event: evt.Event, status: int, metric_reason: str, reason: str, *, error: bool = False) -> int:
+    def _fail(
+        self, event: evt.Event, status: int, metric_reason: str, reason: str, *, error: bool = False
+    ) -> int:
         request = event.request
         log = LOGGER.error if error else LOGGER.warning
         log(
@@ -445,7 +478,9 @@ class StorageSCP:
             counts = self._counts.get(key)
             if counts is None:
                 requestor = event.assoc.requestor
-                counts = self._counts[key] = _AssociationCounts(requestor.ae_title, requestor.address)
+                counts = self._counts[key] = _AssociationCounts(
+                    requestor.ae_title, requestor.address
+                )
             counts.outcomes[outcome] += 1
 
     def _handle_end(self, event: evt.Event) -> None:
@@ -467,7 +502,9 @@ class StorageSCP:
 
     def _handle_rejected(self, event: evt.Event) -> None:
         LOGGER.info(
-            "association from %s (%s) rejected", event.assoc.requestor.ae_title, event.assoc.requestor.address
+            "association from %s (%s) rejected",
+            event.assoc.requestor.ae_title,
+            event.assoc.requestor.address,
         )
 
 

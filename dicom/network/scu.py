@@ -423,6 +423,7 @@ def record_delivery(session: Session, report_id: int, attempt: DeliveryAttempt) 
         status=attempt.result.status,
         dicom_status=attempt.result.dicom_status,
         sop_class_uid=attempt.result.sop_class_uid,
+        sop_instance_uid=attempt.result.sop_instance_uid,
         error=attempt.result.error,
         confirmed=attempt.result.confirmed,
         attempted_at=attempt.attempted_at,

@@ -1,11 +1,12 @@
 """Atomic file store of received DICOM instances.
 
-Every instance is written as the bytes the peer sent (preamble, File Meta
-Information and the encoded data set, PS3.10 section 7) to a temporary file in
-the spool, flushed to disk and renamed into ``<Study>/<Series>/<SOP>.dcm``, so a
-reader never sees a partial file and a crash leaves at most a ``.part`` file.
-A different data set under an already stored SOP Instance UID goes to
-``conflicts/`` and never replaces the stored file.
+Every instance is written as the bytes the peer sent: preamble, File Meta
+Information and the encoded data set (PS3.10 section 7). The bytes go to a
+temporary file in the spool, are flushed to disk and then renamed into
+``<Study>/<Series>/<SOP>.dcm``. A reader therefore never sees a partial file,
+and a crash leaves at most a hidden ``.part`` file. The caller keeps a
+different data set under an already stored SOP Instance UID apart in
+``conflicts/`` (:meth:`Spool.write_conflict`).
 """
 
 from __future__ import annotations
@@ -131,6 +132,18 @@ class Spool:
         uid = check_uid_path_component(sop_instance_uid, "SOPInstanceUID")
         destination = self.root / CONFLICTS_FOLDER / f"{uid}.{digest[:16]}.dcm"
         return self.write(data, destination)
+
+    def remove_partial_files(self) -> int:
+        """Delete the ``.part`` files that a crash left mid-write; return how many.
+
+        Call it only while no instance is being written, e.g. before the SCP starts.
+        """
+        partial = list(self.root.rglob(f".*{PARTIAL_SUFFIX}"))
+        for path in partial:
+            _remove_quietly(path)
+        if partial:
+            LOGGER.warning("removed %d partial files left in the spool %s", len(partial), self.root)
+        return len(partial)
 
     def remove(self, path: Path) -> None:
         """Delete a spooled file, e.g. after its database row could not be committed."""

@@ -1,9 +1,9 @@
 """Synthetic whole-body PET/CT phantom with ground truth.
 
 The phantom is analytic anatomy (ellipsoids, cylinders, capsules and cut planes) painted
-into a label map whose labels are fine sites of the project vocabulary, so that every
-voxel of the body knows its anatomical site. More than 250 leaf sites of all eight body
-regions can hold a lesion: left and right organs, Couinaud liver segments, lung segments,
+into a label map whose labels are fine sites of the project vocabulary, so the anatomical
+site of every body voxel is known. About 330 leaf sites of all eight body regions (326 for
+seeds 0 to 7) can contain a lesion: left and right organs, Couinaud liver segments, lung segments,
 every vertebra from C1 to L5, all 24 ribs, and nodal stations of the neck, mediastinum,
 abdomen and pelvis. Body proportions, sex, organ positions, lesion sites, sizes and
 uptake vary with the seed, and one seed always gives the same pixel data.
@@ -25,8 +25,8 @@ Entry points
 ``build_phantom_volumes(seed, lesions)``
     Build the same CT (HU) and PET (Bq/ml and SUV) arrays in memory, without DICOM, with
     the label map (``volumes.anatomy.labels``, site ids in ``volumes.anatomy.site_ids``)
-    and grid affines. ``volumes.as_volumes(StudyUids.for_seed(seed))`` returns them as
-    ``dicom.volume.Volume`` objects.
+    and grid affines. ``volumes.as_volumes()`` returns them as ``dicom.volume.Volume``
+    objects with the UIDs that ``generate_study`` writes for the same seed.
 ``sample_lesion(site_id, rng, sampler=None)``
     Draw a lesion (centre, diameter, SUVmax, HU) inside a leaf site, on the anatomy of
     seed 0 unless a sampler (``build_anatomy(seed).sampler``) is given; pass such lesions

@@ -1,12 +1,13 @@
 """Analytic whole-body anatomy painted into a label map on the CT grid.
 
 Every structure is an ellipsoid, a cylinder, a capsule or a box in a *reference body*
-(1750 mm tall, measured in millimetres from the vertex downward), scaled per seed in
-width, depth and height and with organs shifted by a few millimetres. Each label of the
-map is either a fine site of the project vocabulary or one of two tissue labels that hold
-no site (outside-the-body air is the vocabulary site ``outside_body_external``; label
-``BODY_FAT`` is unassigned subcutaneous and visceral fat). Later structures overwrite
-earlier ones, so the painting order encodes which structure wins where shapes overlap.
+(1750 mm tall, measured in millimetres from the vertex downward). Each seed scales the
+body in width, depth and height and shifts some organs by a few millimetres.
+
+Each label of the map is a fine site of the project vocabulary, except ``BODY_FAT``:
+subcutaneous and visceral fat that belongs to no site. Label ``OUTSIDE`` is the air around
+the patient, site ``outside_body_external``. Later structures overwrite earlier ones, so
+the painting order decides which structure wins where shapes overlap.
 
 Reference coordinates: ``x`` to the patient's left, ``y`` to the posterior (both as in
 DICOM LPS), ``d`` downward from the vertex. The map itself is on the LPS CT grid.

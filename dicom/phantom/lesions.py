@@ -33,10 +33,9 @@ class SiteSampler:
         self.grid = grid
         self.site_ids = site_ids
         self.tissues = tissues
-        flat = labels.ravel()
-        self._order = np.argsort(flat, kind="stable")
-        counts = np.bincount(flat, minlength=len(site_ids))
-        self._starts = np.concatenate([[0], np.cumsum(counts)])
+        self._labels = labels.ravel()
+        self._counts = np.bincount(self._labels, minlength=len(site_ids))
+        self._voxels: dict[int, np.ndarray] = {}
         self._label_of = {site_id: label for label, site_id in enumerate(site_ids) if site_id is not None}
         self.voxel_volume_mm3 = float(np.prod(grid.spacing))
 
@@ -45,7 +44,7 @@ class SiteSampler:
         label = self._label_of.get(site_id)
         if label is None:
             return 0
-        return int(self._starts[label + 1] - self._starts[label])
+        return int(self._counts[label])
 
     def eligible_sites(self) -> list[str]:
         """Return the sites that can hold a lesion, in label order."""
@@ -65,7 +64,9 @@ class SiteSampler:
         if count < MIN_SITE_VOXELS:
             raise ValueError(f"site {site_id!r} has {count} voxels in the phantom; it cannot hold a lesion")
         label = self._label_of[site_id]
-        flat_index = int(self._order[self._starts[label] + int(rng.integers(0, count))])
+        if label not in self._voxels:
+            self._voxels[label] = np.flatnonzero(self._labels == label)
+        flat_index = int(self._voxels[label][int(rng.integers(0, count))])
         index = np.unravel_index(flat_index, self.grid.shape)
         centre = self.grid.affine @ np.array([index[0], index[1], index[2], 1.0])
         return (int(index[0]), int(index[1]), int(index[2])), (float(centre[0]), float(centre[1]), float(centre[2]))

@@ -1,8 +1,8 @@
 """Structures of each body region, painted onto a :class:`~dicom.phantom.anatomy.Canvas`.
 
-Positions and sizes are in millimetres of the reference body (see ``anatomy``); they are
-coarse approximations of adult anatomy, chosen so that every structure lies where a
-radiologist would look for it and left/right structures are mirror images.
+Positions and sizes are in millimetres of the reference body (see ``anatomy``). They are
+coarse approximations of adult anatomy: every structure lies where a radiologist would
+look for it, and left and right structures are mirror images.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def paint_anatomy(canvas: Canvas) -> None:
     paint_spine(canvas)
     paint_ribs_and_sternum(canvas)
     paint_pelvic_bones(canvas)
+    paint_subcutaneous_tissue(canvas)
 
 
 def vertebra_range(prefix: str, level: int) -> tuple[float, float]:
@@ -69,7 +70,7 @@ def paint_body_outline(canvas: Canvas) -> None:
 def paint_head(canvas: Canvas) -> None:
     """Scalp, skull, brain, orbits, sinuses, jaws and salivary glands."""
     scalp = canvas.site("scalp", "soft")
-    canvas.paint(ellipsoid((0.0, 5.0, 110.0), (72.0, 92.0, 112.0)), scalp, within=lambda t: t == BODY_FAT)
+    canvas.paint(ellipsoid((0.0, 5.0, 110.0), (72.0, 92.0, 112.0)), scalp, within=_is_body_fat)
 
     def skull_label(x: np.ndarray, y: np.ndarray, d: np.ndarray) -> np.ndarray:
         return canvas.choose(
@@ -228,6 +229,9 @@ def paint_thorax(canvas: Canvas) -> None:
     for site, d0, d1 in (("thoracic_esophagus_upper", 290.0, 370.0), ("thoracic_esophagus_middle", 370.0, 440.0), ("thoracic_esophagus_lower", 440.0, 515.0)):
         canvas.paint(cylinder(4.0, 22.0, 8.0, 7.0, d0, d1), canvas.site(site, "soft"))
     canvas.paint(ellipsoid((0.0, -62.0, 345.0), (22.0, 10.0, 25.0)), canvas.site("thymus", "soft"))
+    for side, sign in SIDES.items():
+        canvas.paint(ellipsoid((sign * 28.0, 92.0, 420.0), (16.0, 14.0, 130.0)), canvas.site(f"thoracic_erector_spinae_{side}", "muscle"))
+        canvas.paint(ellipsoid((sign * 62.0, 99.0, 345.0), (48.0, 7.0, 55.0)), canvas.site(f"thoracic_trapezius_{side}", "muscle"))
 
     stations = [
         ("mediastinal_station_2r", (-17.0, -10.0, 318.0)),
@@ -251,7 +255,7 @@ def paint_thorax(canvas: Canvas) -> None:
 
 
 def paint_breast(canvas: Canvas, side: str, sign: float) -> None:
-    """One breast split into quadrants around the nipple; smaller in the male phantom."""
+    """Paint one breast split into quadrants around the nipple, smaller in the male phantom."""
     centre = (sign * 78.0, -112.0, 430.0)
     radii = (55.0, 32.0, 50.0) if not canvas.body.male else (40.0, 18.0, 34.0)
 
@@ -279,7 +283,7 @@ def paint_abdomen(canvas: Canvas) -> None:
     body = canvas.body
     for side, sign in SIDES.items():
         canvas.paint(box(sign * 8.0 if sign > 0 else -60.0, 60.0 if sign > 0 else -8.0, -112.0, -95.0, 560.0, 800.0),
-                     canvas.site(f"rectus_abdominis_{side}", "muscle"), within=lambda t: t == BODY_FAT)
+                     canvas.site(f"rectus_abdominis_{side}", "muscle"), within=_is_body_fat)
         canvas.paint(ellipsoid((sign * 132.0, 10.0, 680.0), (16.0, 75.0, 90.0)), canvas.site(f"lateral_abdominal_wall_{side}", "muscle"))
         canvas.paint(ellipsoid((sign * 35.0, 88.0, 650.0), (22.0, 18.0, 85.0)), canvas.site(f"paraspinal_lumbar_muscle_{side}", "muscle"))
         canvas.paint(ellipsoid((sign * 42.0, 48.0, 700.0), (16.0, 18.0, 62.0)), canvas.site(f"psoas_muscle_{side}", "muscle"))
@@ -338,8 +342,8 @@ def paint_abdomen(canvas: Canvas) -> None:
     canvas.paint(capsule((-95.0, -55.0, 648.0), (-2.0, -60.0, 655.0), 19.0), canvas.site("transverse_colon_right", "colon"))
     canvas.paint(capsule((2.0, -60.0, 655.0), (95.0, -50.0, 640.0), 19.0), canvas.site("transverse_colon_left", "colon"))
     canvas.paint(cylinder(102.0, 20.0, 18.0, 18.0, 600.0, 745.0), canvas.site("descending_colon", "colon"))
-    canvas.paint(ellipsoid((38.0, -40.0, 700.0), (45.0, 30.0, 35.0)), canvas.site("jejunum", "bowel"), within=lambda t: t == BODY_FAT)
-    canvas.paint(ellipsoid((-38.0, -35.0, 745.0), (45.0, 30.0, 35.0)), canvas.site("ileum", "bowel"), within=lambda t: t == BODY_FAT)
+    canvas.paint(ellipsoid((38.0, -40.0, 700.0), (45.0, 30.0, 35.0)), canvas.site("jejunum", "bowel"), within=_is_body_fat)
+    canvas.paint(ellipsoid((-38.0, -35.0, 745.0), (45.0, 30.0, 35.0)), canvas.site("ileum", "bowel"), within=_is_body_fat)
 
     canvas.paint(cylinder(15.0, 5.0, 11.0, 11.0, 520.0, 738.0), canvas.site("abdominal_aorta", "blood"))
     canvas.paint(cylinder(-22.0, 8.0, 12.0, 12.0, 505.0, 740.0), canvas.site("inferior_vena_cava", "blood"))
@@ -423,6 +427,12 @@ def paint_pelvis(canvas: Canvas) -> None:
     canvas.paint(capsule((85.0, -5.0, 750.0), (15.0, 35.0, 795.0), 17.0), canvas.site("sigmoid_colon", "colon"))
     canvas.paint(ellipsoid((0.0, 50.0, 772.0), (6.0, 6.0, 8.0)), canvas.site("presacral_node", "node"))
 
+    bifurcation = (15.0, 8.0, 738.0)
+    for side, sign in SIDES.items():
+        iliac_bifurcation = (sign * 45.0, 22.0, 792.0)
+        canvas.paint(capsule(bifurcation, iliac_bifurcation, 7.0), canvas.site(f"common_iliac_artery_{side}", "blood"))
+        canvas.paint(capsule(iliac_bifurcation, (sign * 78.0, -35.0, 885.0), 6.0), canvas.site(f"external_iliac_artery_{side}", "blood"))
+
     for side, sign in SIDES.items():
         nodes = [
             ("common_iliac_node", (sign * 28.0, 18.0, 742.0)),
@@ -451,14 +461,16 @@ def paint_upper_limbs(canvas: Canvas) -> None:
                 [
                     ((d < 610.0) & (y < 0.0), f"upper_arm_anterior_compartment_{side}", "muscle"),
                     (d < 610.0, f"upper_arm_posterior_compartment_{side}", "muscle"),
-                    (d < 870.0, f"forearm_muscles_{side}", "muscle"),
-                    (d < 900.0, f"carpus_{side}", "bone"),
-                    (d < 965.0, f"metacarpus_{side}", "bone"),
                 ],
-                (f"fingers_{side}", "bone"),
+                (f"forearm_muscles_{side}", "muscle"),
             )
 
-        canvas.paint((arm, (ax - 45.0, ax + 45.0, -45.0, 45.0, 300.0, 1060.0)), compartment)
+        canvas.paint((arm, (ax - 45.0, ax + 45.0, -45.0, 45.0, 300.0, 870.0)), compartment)
+        # The hand: soft tissue without a site of its own around the carpal, metacarpal and finger bones.
+        canvas.paint((arm, (ax - 45.0, ax + 45.0, -45.0, 45.0, 870.0, 1060.0)), BODY_FAT)
+        canvas.paint(ellipsoid((ax, 0.0, 886.0), (17.0, 10.0, 14.0)), canvas.site(f"carpus_{side}", "bone"))
+        canvas.paint(ellipsoid((ax, 0.0, 932.0), (16.0, 7.0, 30.0)), canvas.site(f"metacarpus_{side}", "bone"))
+        canvas.paint(ellipsoid((ax, 0.0, 1005.0), (14.0, 6.0, 40.0)), canvas.site(f"fingers_{side}", "bone"))
         canvas.paint(ellipsoid((ax, 0.0, 318.0), (48.0, 48.0, 40.0)), canvas.site(f"shoulder_muscles_{side}", "muscle"))
         canvas.paint(ellipsoid((ax - sign * 6.0, 0.0, 318.0), (24.0, 24.0, 24.0)), canvas.site(f"humerus_proximal_{side}", "marrow"))
         canvas.paint(cylinder(ax, 0.0, 11.0, 11.0, 340.0, 380.0), canvas.site(f"humerus_proximal_{side}", "bone"))
@@ -575,3 +587,71 @@ def paint_pelvic_bones(canvas: Canvas) -> None:
             return (r2 <= 32.0**2) & (r2 > 24.0**2) & (sign * (x - head[0]) < 8.0)
 
         canvas.paint((acetabulum, (head[0] - 32.0, head[0] + 32.0, -32.0, 32.0, head[2] - 32.0, head[2] + 32.0)), canvas.site(f"acetabulum_{side}", "marrow"))
+
+
+# ----------------------------------------------------------------------------- subcutaneous fat
+SUBCUTANEOUS_MM = 12.0  # thickness of the fat layer under the skin that is labelled by region
+
+
+def _is_body_fat(target: np.ndarray) -> np.ndarray:
+    return target == BODY_FAT
+
+
+def paint_subcutaneous_tissue(canvas: Canvas) -> None:
+    """Label the outer fat layer of neck, trunk, arms and thighs by region and side.
+
+    Only voxels still labelled ``BODY_FAT`` change, so organs, muscles and bones that reach
+    the surface keep their labels.
+    """
+    def neck(x: np.ndarray, y: np.ndarray, d: np.ndarray) -> np.ndarray:
+        radius = np.sqrt(x**2 + (y - 12.0) ** 2)
+        return (radius > 58.0 - SUBCUTANEOUS_MM) & (radius <= 58.0) & (d >= 180.0) & (d < 280.0)
+
+    canvas.paint((neck, (-58.0, 58.0, -46.0, 70.0, 180.0, 280.0)), sided_label(canvas, "neck_subcutaneous_tissue", "fat"), _is_body_fat)
+
+    def trunk_shell(x: np.ndarray, y: np.ndarray, d: np.ndarray) -> np.ndarray:
+        ax, ay = trunk_axes(d)
+        outer = (x / ax) ** 2 + (y / ay) ** 2 <= 1.0
+        inner = (x / (ax - SUBCUTANEOUS_MM)) ** 2 + (y / (ay - SUBCUTANEOUS_MM)) ** 2 <= 1.0
+        return outer & ~inner & (d >= 280.0) & (d <= 910.0)
+
+    def trunk_label(x: np.ndarray, y: np.ndarray, d: np.ndarray) -> np.ndarray:
+        right = x < 0
+        chest = d < 540.0
+        abdomen = (d >= 540.0) & (d < 740.0)
+        return canvas.choose(
+            x,
+            [
+                (chest & (y > 45.0), "upper_back_subcutaneous_tissue", "fat"),
+                (chest & right, "chest_subcutaneous_tissue_right", "fat"),
+                (chest, "chest_subcutaneous_tissue_left", "fat"),
+                (abdomen & (y > 45.0), "lower_back_subcutaneous_tissue", "fat"),
+                (abdomen & right, "abdominal_subcutaneous_tissue_right", "fat"),
+                (abdomen, "abdominal_subcutaneous_tissue_left", "fat"),
+                (right, "pelvic_subcutaneous_tissue_right", "fat"),
+            ],
+            ("pelvic_subcutaneous_tissue_left", "fat"),
+        )
+
+    canvas.paint((trunk_shell, (-170.0, 170.0, -115.0, 115.0, 280.0, 910.0)), trunk_label, _is_body_fat)
+
+    for side, sign in SIDES.items():
+        ax = sign * ARM_X
+
+        def arm_shell(x: np.ndarray, y: np.ndarray, d: np.ndarray, ax: float = ax) -> np.ndarray:
+            radius = np.interp(d, [300.0, 610.0, 870.0, 1060.0], [44.0, 38.0, 30.0, 26.0])
+            distance = np.sqrt((x - ax) ** 2 + y**2)
+            return (distance <= radius) & (distance > radius - 6.0) & (d >= 300.0)
+
+        canvas.paint((arm_shell, (ax - 45.0, ax + 45.0, -45.0, 45.0, 300.0, 1060.0)), canvas.site(f"upper_limb_subcutaneous_tissue_{side}", "fat"), _is_body_fat)
+
+        def thigh_shell(x: np.ndarray, y: np.ndarray, d: np.ndarray, cx: float = sign * 88.0) -> np.ndarray:
+            outer = ((x - cx) / 88.0) ** 2 + (y / 92.0) ** 2 <= 1.0
+            inner = ((x - cx) / (88.0 - SUBCUTANEOUS_MM)) ** 2 + (y / (92.0 - SUBCUTANEOUS_MM)) ** 2 <= 1.0
+            return outer & ~inner & (d > 910.0)
+
+        canvas.paint(
+            (thigh_shell, (sign * 88.0 - 88.0, sign * 88.0 + 88.0, -92.0, 92.0, 910.0, 1080.0)),
+            canvas.site(f"lower_limb_subcutaneous_tissue_{side}", "fat"),
+            _is_body_fat,
+        )

@@ -41,7 +41,7 @@ class TruthLesion:
 
 @dataclass(frozen=True)
 class Truth:
-    """What a phantom study contains: lesions, file paths and UIDs."""
+    """Contents of a written phantom study: lesions, file paths and UIDs."""
 
     seed: int
     lesions: tuple[TruthLesion, ...]

@@ -81,7 +81,7 @@ class PhantomVolumes:
 
     ``ct_hu`` is on ``anatomy.grid``; ``pet_bqml`` and ``pet_suv`` are on ``pet_grid``.
     Arrays are ``(slices, rows, columns)`` with slice 0 the most superior; affines map
-    ``(slice, row, column, 1)`` to LPS millimetres. ``pet_bqml`` holds exactly the values
+    ``(slice, row, column, 1)`` to LPS millimetres. ``pet_bqml`` contains exactly the values
     that the PET files encode, and ``suv_max`` of each lesion is the largest of them
     inside the lesion, converted to SUV.
     """
@@ -110,12 +110,17 @@ class PhantomVolumes:
         """PET in SUV (body weight)."""
         return (self.pet_bqml * self.acquisition.suv_factor).astype(np.float32)
 
-    def as_volumes(self, uids: Any) -> tuple[Any, Any]:
+    def as_volumes(self, uids: Any = None) -> tuple[Any, Any]:
         """Return ``(ct, pet)`` as ``dicom.volume.Volume`` objects, PET in SUV.
 
-        ``uids`` is a :class:`dicom.phantom.writer.StudyUids` (series and frame of reference UIDs).
+        ``uids`` is a :class:`dicom.phantom.writer.StudyUids` and defaults to the UIDs that
+        :func:`dicom.phantom.generate_study` writes for this seed.
         """
+        from dicom.phantom.writer import StudyUids
         from dicom.volume import Volume
+
+        if uids is None:
+            uids = StudyUids.for_seed(self.anatomy.seed)
 
         ct = Volume(self.ct_hu.astype(np.float32), self.ct_affine, uids.ct_series, uids.frame_of_reference, "CT")
         pet = Volume(self.pet_suv, self.pet_affine, uids.pet_series, uids.frame_of_reference, "PT")

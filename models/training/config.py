@@ -42,6 +42,10 @@ class TrainingConfig:
     Data comes from ``train_csv`` (the reference CSV form, see
     :mod:`models.training.dataset`) or from phantom studies generated in memory from
     ``phantom_seeds``; one of the two is required.
+
+    ``prompt_sites`` chooses the prompts stored in the checkpoint: every site of the level
+    (``"all"``) or only the sites that have training lesions (``"trained"``). Untrained
+    prompts were never contrasted against images, so they can outscore the right site.
     """
 
     stage: str = "coarse"
@@ -57,6 +61,7 @@ class TrainingConfig:
     width: float = 1.0
     embed_dim: int = 512
     text_encoder: str = "minilm"
+    prompt_sites: str = "all"
 
     epochs: int = 350
     batch_size: int = 32
@@ -70,6 +75,7 @@ class TrainingConfig:
     label_smoothing: float = 0.1
     logit_scale: float = 100.0
     region_weights: dict[str, float] | None = None
+    regions_per_batch: int = 2
     related_fraction: float = 0.8
     coarse_model: Path | None = None
     coarse_predictions_top: int = 3
@@ -113,6 +119,8 @@ class TrainingConfig:
              f"spacing must be three positive numbers (x, y, z mm), got {self.spacing}"),
             (self.width > 0, f"width must be positive, got {self.width}"),
             (self.text_encoder in ("minilm", "clip"), f"text_encoder must be 'minilm' or 'clip', got {self.text_encoder!r}"),
+            (self.prompt_sites in ("all", "trained"),
+             f"prompt_sites must be 'all' or 'trained', got {self.prompt_sites!r}"),
             (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 2, f"batch_size must be at least 2, got {self.batch_size}"),
             (self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}"),
@@ -121,6 +129,7 @@ class TrainingConfig:
             (0 <= self.scale_probability <= 1, f"scale_probability must be in [0, 1], got {self.scale_probability}"),
             (len(self.scale_range) == 2 and 0 < self.scale_range[0] <= self.scale_range[1],
              f"scale_range must be (low, high) with 0 < low <= high, got {self.scale_range}"),
+            (self.regions_per_batch >= 1, f"regions_per_batch must be at least 1, got {self.regions_per_batch}"),
             (self.jitter_mm >= 0, f"jitter_mm must be >= 0, got {self.jitter_mm}"),
         ]
         for ok, message in checks:

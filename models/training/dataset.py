@@ -129,6 +129,17 @@ def read_image(path: Path) -> ImageGrid:
     return ImageGrid(array, affine_of(image), str(path))
 
 
+def mask_box(affine: np.ndarray, origin: Sequence[int], mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the LPS centre and edge-to-edge size (mm) of a cropped mask's voxels."""
+    indices = np.argwhere(mask) + np.asarray(origin)
+    low, high = indices.min(axis=0), indices.max(axis=0)
+    corners = np.array([[a, b, c, 1.0] for a in (low[0], high[0]) for b in (low[1], high[1]) for c in (low[2], high[2])])
+    points = (affine @ corners.T).T[:, :3]
+    half_voxel = np.abs(affine[:3, :3]).sum(axis=1) / 2
+    lps_low, lps_high = points.min(axis=0), points.max(axis=0)
+    return (lps_low + lps_high) / 2, lps_high - lps_low + 2 * half_voxel
+
+
 def component_mask(grid: ImageGrid, centre_mm: Sequence[float], size_mm: Sequence[float]) -> LesionMask | None:
     """Return the 26-connected component of ``grid``'s mask that has most voxels in the box.
 

@@ -143,7 +143,15 @@ def export_model(
     text_features: torch.Tensor,
     lesions: Sequence[TrainingLesion],
 ) -> Path:
-    """Write ``output_dir/model``: the image encoder and every site's projected prompt embedding."""
+    """Write ``output_dir/model``: the image encoder and the projected prompt embedding of each site.
+
+    With ``prompt_sites = "trained"`` only the sites with training lesions keep a prompt.
+    """
+    if config.prompt_sites == "trained":
+        trained = {trainer.text_ids[row] for row in set(trainer.text_rows.tolist())}
+        rows = [row for row, site in enumerate(sites) if site.id in trained]
+        sites = [sites[row] for row in rows]
+        text_features = text_features[rows]
     model = trainer.model.eval()
     with torch.no_grad():
         prompt_embeddings = model.text_projection(text_features.to(trainer.context.device)).cpu()

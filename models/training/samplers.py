@@ -105,6 +105,9 @@ class CoarseBatchSampler(EpochBatchSampler):
     seed : int
         Seed of the sampler's generator; :meth:`set_epoch` derives each epoch's stream from it,
         so every distributed rank draws the same global batches.
+    regions_per_batch : int
+        Body regions drawn for each batch, 2 in the published training. More regions mix in
+        easier, distant negatives.
 
     Raises
     ------
@@ -119,9 +122,13 @@ class CoarseBatchSampler(EpochBatchSampler):
         region_weights: Mapping[str, float] | None = None,
         batches_per_epoch: int | None = None,
         seed: int = 0,
+        regions_per_batch: int = 2,
     ) -> None:
         if batch_size < 2:
             raise ValueError(f"batch_size must be at least 2 for a contrastive loss, got {batch_size}")
+        if regions_per_batch < 1:
+            raise ValueError(f"regions_per_batch must be at least 1, got {regions_per_batch}")
+        self.regions_per_batch = regions_per_batch
         weights = {region_key(name): float(value) for name, value in (region_weights or DEFAULT_REGION_WEIGHTS).items()}
 
         self.batch_size = batch_size
@@ -147,8 +154,8 @@ class CoarseBatchSampler(EpochBatchSampler):
         self.batches_per_epoch = batches_per_epoch or math.ceil(len(labels) / batch_size)
 
     def draw_batch(self, rng: np.random.Generator) -> list[int]:
-        """Return one batch: distinct coarse sites of two regions drawn by weight, one lesion each."""
-        region_count = min(2, len(self.regions))
+        """Return one batch: distinct coarse sites of regions drawn by weight, one lesion each."""
+        region_count = min(self.regions_per_batch, len(self.regions))
         chosen = rng.choice(len(self.regions), size=region_count, replace=False, p=self.region_probabilities)
         sites = [site for index in chosen for site in self.sites_by_region[self.regions[index]]]
 

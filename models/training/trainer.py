@@ -82,7 +82,8 @@ def build_sampler(config: TrainingConfig, labels: Sequence[SampleLabels]) -> Coa
     """Return the coarse or fine batch sampler of ``config.stage``."""
     if config.stage == "coarse":
         return CoarseBatchSampler(
-            labels, config.batch_size, config.region_weights, config.batches_per_epoch, config.seed
+            labels, config.batch_size, config.region_weights, config.batches_per_epoch, config.seed,
+            config.regions_per_batch,
         )
     return FineBatchSampler(labels, config.batch_size, config.related_fraction, config.batches_per_epoch, config.seed)
 
@@ -156,6 +157,7 @@ class ContrastiveTrainer:
         self.context = context
         self.output_dir = Path(config.output_dir)
 
+        self.text_ids = list(text_ids)
         row_of = {site_id: row for row, site_id in enumerate(text_ids)}
         site_of = (lambda label: label.coarse_id) if config.stage == "coarse" else (lambda label: label.fine_id)
         missing = sorted({site_of(label) for label in self.labels} - set(row_of))

@@ -5,8 +5,8 @@ coarse sites, each holding its fine sites. Every site has a stable snake_case id
 name, a one-sentence description that the text encoders use as the prompt, a laterality
 and a SNOMED CT code (scheme ``SCT``) taken from the DICOM code tables that pydicom ships.
 Where SNOMED CT has no pre-coordinated concept for a site, the site carries the code of its
-parent structure plus a topographic modifier from CID 2 (Anatomic Modifier), and its
-laterality maps to CID 244 (Laterality), the way TID 1500 finding sites are post-coordinated.
+parent structure plus a topographic modifier from CID 2 (Anatomic Modifier). Its laterality
+maps to CID 244 (Laterality). TID 1500 finding sites are post-coordinated the same way.
 
 Examples
 --------
@@ -24,7 +24,7 @@ import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -181,7 +181,7 @@ class Vocabulary:
         return self._children[coarse_id]
 
     def parent(self, fine_id: str) -> Site:
-        """Return the coarse site that holds fine site ``fine_id``."""
+        """Return the coarse site that contains fine site ``fine_id``."""
         site = self.site(fine_id)
         if site.parent is None:
             raise ValueError(f"site {fine_id!r} is a coarse site and has no parent")
@@ -193,15 +193,25 @@ class Vocabulary:
 
     def coarse_index(self, coarse_id: str) -> int:
         """Return the position of a coarse site in ``coarse_sites``."""
-        return self._index("coarse")[coarse_id]
+        return self._position(coarse_id, "coarse", self._coarse_positions)
 
     def fine_index(self, fine_id: str) -> int:
         """Return the position of a fine site in ``fine_sites``."""
-        return self._index("fine")[fine_id]
+        return self._position(fine_id, "fine", self._fine_positions)
 
-    def _index(self, level: Level) -> dict[str, int]:
-        sites = self.coarse_sites if level == "coarse" else self.fine_sites
-        return {site.id: position for position, site in enumerate(sites)}
+    @cached_property
+    def _coarse_positions(self) -> dict[str, int]:
+        return {site.id: position for position, site in enumerate(self.coarse_sites)}
+
+    @cached_property
+    def _fine_positions(self) -> dict[str, int]:
+        return {site.id: position for position, site in enumerate(self.fine_sites)}
+
+    def _position(self, site_id: str, level: Level, positions: dict[str, int]) -> int:
+        if site_id not in positions:
+            self.site(site_id)  # raises UnknownSiteError for ids of no level
+            raise ValueError(f"site {site_id!r} is not a {level} site")
+        return positions[site_id]
 
 
 def canonical_bytes(data: Mapping[str, Any]) -> bytes:
@@ -283,7 +293,7 @@ def _field(raw: Mapping[str, Any], name: str, source: str) -> Any:
         return raw[name]
     except (KeyError, TypeError):
         where = raw.get("id", "?") if isinstance(raw, Mapping) else "?"
-        raise VocabularyError(f"{source}: entry {where!r} lacks the field {name!r}") from None
+        raise VocabularyError(f"{source}: entry {where!r} is missing the field {name!r}") from None
 
 
 def _code(raw: Any, what: str, source: str) -> Code:

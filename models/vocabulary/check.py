@@ -1,8 +1,9 @@
 """Consistency checks of a vocabulary against itself and against pydicom's code tables.
 
 A code is accepted only when pydicom's DICOM code tables (PS3.16, as shipped in
-``pydicom.sr``) hold the same code value under the same coding scheme with the same code
-meaning, so the vocabulary cannot carry an invented or misspelt SNOMED CT concept.
+``pydicom.sr``) contain the same code value under the same coding scheme with the same
+code meaning. The vocabulary therefore cannot carry an invented or misspelt SNOMED CT
+concept.
 Modifiers must be members of CID 2 (Anatomic Modifier).
 """
 

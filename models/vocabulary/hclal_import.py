@@ -9,9 +9,9 @@ The published method ships two JSON files that a user may hold:
 - a *descriptions* file: a mapping of names to the sentence that replaces each name
   before text encoding.
 
-Each coarse and fine name is matched to one of our sites by, in order: the synonym table
-and name patterns below, an exact match of the normalised name against our site names and
-ids, and a match of the sorted words. Names that match nothing are reported, never
+Each coarse and fine name is matched to one of our sites by three rules, tried in order.
+First come the synonym table and name patterns below. Next, the normalised name must equal
+one of our site names or ids. Last, the same words in another order are accepted. Names that match nothing are reported, never
 guessed. A name may match a coarse site of ours when the published name is broader than
 any of our fine sites (for example a whole liver segment 4, which we split into 4a and 4b).
 """
@@ -127,6 +127,9 @@ PATTERNS: list[tuple[re.Pattern[str], Any]] = [
     (re.compile(r"vertebra ([ctl])(\d{1,2})"), lambda m: f"vertebra_{m[1]}{int(m[2])}"),
     (re.compile(r"mediastinum (\d{1,2})([rlap]?)"), lambda m: _mediastinal_station(m[1], m[2])),
     (re.compile(r"station (\d{1,2})([rlap]?)"), lambda m: _mediastinal_station(m[1], m[2])),
+    (re.compile(r"(?:left |right )?(upper|lower) back subcutaneous tissue"), lambda m: f"{m[1]}_back_subcutaneous_tissue"),
+    (re.compile(r"(left|right) upper back muscles?"), lambda m: f"thoracic_erector_spinae_{m[1]}"),
+    (re.compile(r"(left|right) (?:lower back|lumbar) muscles?"), lambda m: f"paraspinal_lumbar_muscle_{m[1]}"),
 ]
 
 

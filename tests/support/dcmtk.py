@@ -39,4 +39,3 @@ def require_dcmtk_tool(name: str) -> str:
     if path is None:
         pytest.skip(f"DCMTK {name} is not installed (apt-get install dcmtk)")
     return path
-

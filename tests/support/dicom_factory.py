@@ -11,7 +11,13 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PositronEmissionTomographyImageStorage, generate_uid
+from pydicom.filebase import DicomBytesIO
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    PositronEmissionTomographyImageStorage,
+    generate_uid,
+)
 
 
 def _image(
@@ -69,17 +75,27 @@ def _image(
 
 
 def ct_series(
-    count: int, *, study_uid: str | None = None, size: int = 16, frame_of_reference_uid: str | None = None
+    count: int,
+    *,
+    study_uid: str | None = None,
+    size: int = 16,
+    frame_of_reference_uid: str | None = None,
 ) -> list[Dataset]:
     """Return ``count`` CT Image Storage slices of one new series, 2 mm apart."""
     study_uid = study_uid or generate_uid()
     series_uid = generate_uid()
     frame = frame_of_reference_uid or generate_uid()
-    return [_image(CTImageStorage, "CT", study_uid, series_uid, i, size, frame) for i in range(count)]
+    return [
+        _image(CTImageStorage, "CT", study_uid, series_uid, i, size, frame) for i in range(count)
+    ]
 
 
 def pet_series(
-    count: int, *, study_uid: str | None = None, size: int = 16, frame_of_reference_uid: str | None = None
+    count: int,
+    *,
+    study_uid: str | None = None,
+    size: int = 16,
+    frame_of_reference_uid: str | None = None,
 ) -> list[Dataset]:
     """Return ``count`` PET Image Storage slices of one new series, 2 mm apart."""
     study_uid = study_uid or generate_uid()
@@ -140,3 +156,20 @@ def write(dataset: Dataset, path: Path) -> Path:
 def write_all(datasets: Sequence[Dataset], folder: Path) -> list[Path]:
     """Write each data set as ``<folder>/<SOPInstanceUID>.dcm``; return the paths in order."""
     return [write(ds, folder / f"{ds.SOPInstanceUID}.dcm") for ds in datasets]
+
+
+def encoded(dataset: Dataset) -> bytes:
+    """Return ``dataset`` encoded as a DICOM file (preamble, File Meta Information, data set)."""
+    buffer = DicomBytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def dataset_bytes(data: bytes) -> bytes:
+    """Return the data set after the File Meta Information of a PS3.10 file's bytes.
+
+    (0002,0000) File Meta Information Group Length comes first (PS3.10 7.1), so its
+    value at byte 140 gives where the data set starts.
+    """
+    group_length = int.from_bytes(data[140:144], "little")
+    return data[144 + group_length :]

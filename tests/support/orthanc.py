@@ -52,7 +52,9 @@ class OrthancServer:
             with urllib.request.urlopen(request, timeout=120) as response:
                 payload = response.read()
         except urllib.error.HTTPError as exc:
-            raise OrthancError(f"{method} {path} failed with HTTP {exc.code}: {exc.read()[:500]!r}") from exc
+            raise OrthancError(
+                f"{method} {path} failed with HTTP {exc.code}: {exc.read()[:500]!r}"
+            ) from exc
         return json.loads(payload) if payload else None
 
     def upload(self, path: Path) -> str:
@@ -65,7 +67,9 @@ class OrthancServer:
 
         Orthanc responds after the association ends; a failed C-STORE raises :class:`OrthancError`.
         """
-        return self.request("POST", f"/modalities/{name}/store", {"Resources": resource_ids, "Synchronous": True})
+        return self.request(
+            "POST", f"/modalities/{name}/store", {"Resources": resource_ids, "Synchronous": True}
+        )
 
     def stop(self) -> None:
         """Stop Orthanc (SIGTERM, then SIGKILL after 20 s) and wait for it to exit."""
@@ -133,7 +137,9 @@ def start_orthanc(
     config_path.write_text(json.dumps(config, indent=2))
 
     log = (folder / "orthanc.log").open("wb")
-    process = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT, cwd=folder)
+    process = subprocess.Popen(
+        [binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT, cwd=folder
+    )
     server = OrthancServer(process, f"http://127.0.0.1:{http_port}", dicom_port, aet, folder)
     try:
         _wait_until_ready(server, timeout)

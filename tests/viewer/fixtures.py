@@ -1,19 +1,20 @@
-"""A small CT study with a SEG and two SRs for the viewer test.
+"""A small CT study with a SEG and three SRs for the viewer test.
 
 The CT is a water cylinder with two spherical lesions. The SEG has one segment per
-lesion. Both SRs are TID 1500 Measurement Reports built from the phantom's true
+lesion. All SRs are TID 1500 Measurement Reports built from the phantom's true
 lesion masks, each lesion at its true Finding Site:
 
 - the worker's report, from ``dicom.sr.build_measurement_report``: per lesion a
   volumetric group (volume, SUVs, site probabilities) and a planar group that share
   the Tracking Unique Identifier;
-- an outline-only report: a copy of the worker's report with only the planar groups
-  (TID 1410), each holding one lesion's outline, its area and its Finding Site.
+- the worker's outline document (``outlines_only``, Enhanced SR): only the planar
+  groups (TID 1410), each holding one lesion's outline, its area and its Finding Site;
+- the worker's report in its fallback SOP class, Enhanced SR, which the worker
+  sends to a destination that rejects Comprehensive 3D SR.
 """
 
 from __future__ import annotations
 
-import copy
 import datetime
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +27,15 @@ from pydicom.sr.coding import Code
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from dicom.sr import (
+    OUTLINE_SERIES_DESCRIPTION,
+    SERIES_DESCRIPTION,
     AlgorithmInfo,
     LesionFinding,
     ReportInputs,
     SiteCandidate,
+    SrSopClass,
     build_measurement_report,
+    lesion_tracking_uid,
 )
 from tests.support.sr_inputs import SyntheticLesion
 
@@ -61,6 +66,7 @@ SITE_PROBABILITY = 0.9
 ALTERNATIVE_SITES = ((codes.SCT.Kidney, 0.05), (codes.SCT.Stomach, 0.03))
 WORKER_SR_SERIES_NUMBER = 9001
 OUTLINE_SR_SERIES_NUMBER = 9002
+FALLBACK_SR_SERIES_NUMBER = 9003
 
 
 @dataclass(frozen=True)
@@ -72,12 +78,14 @@ class PhantomStudy:
     seg_path: Path
     worker_sr_path: Path
     outline_sr_path: Path
+    fallback_sr_path: Path
     lesions: tuple[PhantomLesion, ...]
 
     @property
     def paths(self) -> list[Path]:
         """Every file of the study."""
-        return [*self.ct_paths, self.seg_path, self.worker_sr_path, self.outline_sr_path]
+        reports = [self.worker_sr_path, self.outline_sr_path, self.fallback_sr_path]
+        return [*self.ct_paths, self.seg_path, *reports]
 
 
 def write_phantom_study(folder: Path) -> PhantomStudy:
@@ -111,10 +119,23 @@ def write_phantom_study(folder: Path) -> PhantomStudy:
     worker_sr_path = folder / "sr-worker.dcm"
     worker_report.save_as(worker_sr_path)
     outline_sr_path = folder / "sr-outlines.dcm"
-    build_outline_report(worker_report).save_as(outline_sr_path)
+    build_worker_report(
+        ct_datasets, seg, SrSopClass.ENHANCED, OUTLINE_SR_SERIES_NUMBER, outlines_only=True
+    ).save_as(outline_sr_path)
+    fallback_sr_path = folder / "sr-worker-enhanced.dcm"
+    fallback = build_worker_report(
+        ct_datasets, seg, SrSopClass.ENHANCED, FALLBACK_SR_SERIES_NUMBER
+    )
+    fallback.save_as(fallback_sr_path)
 
     return PhantomStudy(
-        study_instance_uid, ct_paths, seg_path, worker_sr_path, outline_sr_path, LESIONS
+        study_instance_uid,
+        ct_paths,
+        seg_path,
+        worker_sr_path,
+        outline_sr_path,
+        fallback_sr_path,
+        LESIONS,
     )
 
 
@@ -272,7 +293,10 @@ def lesion_volume_ml(lesion: PhantomLesion) -> float:
 def lesion_measurement(
     number: int, lesion: PhantomLesion, affine: np.ndarray
 ) -> SyntheticLesion:
-    """Return the lesion's measurements as the lesion stage would; SUVmean and peak are made up."""
+    """Return the lesion's measurements as the lesion stage would.
+
+    SUVmean and SUVpeak are fixed fractions of the lesion's SUVmax.
+    """
     slices, rows, columns = np.mgrid[0:SLICES, 0:ROWS, 0:COLUMNS]
     centre_mm = affine @ np.array([*lesion.centre, 1.0])
     return SyntheticLesion(
@@ -288,14 +312,23 @@ def lesion_measurement(
     )
 
 
-def build_worker_report(ct_datasets: list[Dataset], seg: Dataset) -> Dataset:
-    """Build the worker's SR for the phantom with ``dicom.sr``, each lesion at its true site."""
+def build_worker_report(
+    ct_datasets: list[Dataset],
+    seg: Dataset,
+    sop_class: SrSopClass = SrSopClass.COMPREHENSIVE_3D,
+    series_number: int = WORKER_SR_SERIES_NUMBER,
+    outlines_only: bool = False,
+) -> Dataset:
+    """Build the worker's SR for the phantom with ``dicom.sr``, each lesion at its true site.
+
+    With ``outlines_only`` it is the worker's outline document: planar groups only.
+    """
     affine = ct_affine(ct_datasets)
     alternatives = [SiteCandidate(code, probability) for code, probability in ALTERNATIVE_SITES]
     findings = [
         LesionFinding(
             lesion=lesion_measurement(number, lesion, affine),
-            tracking_uid=generate_uid(),
+            tracking_uid=lesion_tracking_uid(seg.SOPInstanceUID, number, 1),
             site=SiteCandidate(lesion.finding_site, SITE_PROBABILITY),
             alternatives=alternatives,
         )
@@ -314,30 +347,9 @@ def build_worker_report(ct_datasets: list[Dataset], seg: Dataset) -> Dataset:
         seg=seg,
         findings=findings,
         algorithm=algorithm,
-        series_number=WORKER_SR_SERIES_NUMBER,
+        sop_class=sop_class,
+        series_number=series_number,
+        outlines_only=outlines_only,
+        series_description=OUTLINE_SERIES_DESCRIPTION if outlines_only else SERIES_DESCRIPTION,
     )
     return build_measurement_report(inputs)
-
-
-def build_outline_report(worker_report: Dataset) -> Dataset:
-    """Copy the worker's report as a new SR that keeps only the planar groups (TID 1410).
-
-    Each planar group then holds one lesion's outline, its area and its Finding Site,
-    and no other group shares its Tracking Unique Identifier.
-    """
-    report = copy.deepcopy(worker_report)
-    for container in report.ContentSequence:
-        if container.ConceptNameCodeSequence[0].CodeMeaning != "Imaging Measurements":
-            continue
-        container.ContentSequence = [
-            group
-            for group in container.ContentSequence
-            if any(item.ValueType == "SCOORD" for item in group.ContentSequence)
-        ]
-
-    report.SeriesInstanceUID = generate_uid()
-    report.SOPInstanceUID = generate_uid()
-    report.file_meta.MediaStorageSOPInstanceUID = report.SOPInstanceUID
-    report.SeriesNumber = OUTLINE_SR_SERIES_NUMBER
-    report.SeriesDescription = "HCL-AL lesion outlines"
-    return report

@@ -20,6 +20,8 @@ const THUMBNAIL = '[data-cy^="study-browser-thumbnail"]';
 // SNOMED CT "Finding site", the concept name of TID 1419 Finding Site items.
 const FINDING_SITE_CONCEPT = '363698007';
 const LABEL_WAIT_MS = 2000;
+// A black or single-colour canvas has one or two grey levels; a windowed CT has many.
+const RENDERED_GREY_LEVELS = 8;
 const STEP_TIMEOUT_MS = 30000;
 
 // Swiftshader renders WebGL without a GPU; the resolver rule turns every name
@@ -86,6 +88,17 @@ async function canvasStatistics(page) {
   });
 }
 
+// Poll the viewport canvas until it shows an image or STEP_TIMEOUT_MS passes.
+async function waitForRenderedCanvas(page) {
+  const deadline = Date.now() + STEP_TIMEOUT_MS;
+  let statistics = await canvasStatistics(page);
+  while (!(statistics.greyLevels >= RENDERED_GREY_LEVELS) && Date.now() < deadline) {
+    await page.waitForTimeout(250);
+    statistics = await canvasStatistics(page);
+  }
+  return statistics;
+}
+
 // In OHIF 3.13.2 the labels of a loaded SR sometimes stay undrawn until the
 // viewport redraws. Scrolling one slice forward and back redraws it.
 async function redrawBySliceScroll(page) {
@@ -127,6 +140,22 @@ async function sliceLabel(page) {
   }
 }
 
+// Wait until the viewport shows another slice than `slice`, then give its labels 500 ms.
+// Two measurements on one slice never change it, so the wait then ends after 5 s.
+async function waitForSliceChange(page, slice) {
+  await page
+    .waitForFunction(
+      previous => {
+        const overlay = document.querySelector('[data-cy="viewport-overlay-bottom-right"]');
+        return overlay && overlay.innerText.trim() !== previous;
+      },
+      slice,
+      { timeout: 5000 },
+    )
+    .catch(() => {});
+  await page.waitForTimeout(500);
+}
+
 // Visit the SR's measurements with the viewport's "next" arrow and record the labels
 // drawn on each slice. Stop when every expected site was seen, or after one visit
 // more than the number of expected sites.
@@ -140,6 +169,7 @@ async function collectMeasurementLabels(page, expectedSites, report, screenshotP
 
     if (missingSites(expectedSites, visits).length === 0) break;
 
+    const slice = visits[visits.length - 1].slice;
     try {
       await page.locator('[data-cy="viewport-action-arrows-right"]').first().click({
         timeout: 5000,
@@ -148,7 +178,7 @@ async function collectMeasurementLabels(page, expectedSites, report, screenshotP
       report.navigationFailed = true;
       break;
     }
-    await page.waitForTimeout(500);
+    await waitForSliceChange(page, slice);
   }
   return visits;
 }
@@ -238,14 +268,9 @@ async function main() {
     await page.waitForSelector('[data-cy="viewport-overlay-bottom-right"]', {
       timeout: STEP_TIMEOUT_MS,
     });
-    await page.waitForFunction(
-      () => !document.querySelector('[data-cy="viewport-pane"] .loading-indicator'),
-      null,
-      { timeout: STEP_TIMEOUT_MS },
-    ).catch(() => {});
+    summary.ct = await waitForRenderedCanvas(page);
     summary.timings.studyOpenedS = elapsed(start);
     summary.thumbnails = await page.locator(THUMBNAIL).allInnerTexts();
-    summary.ct = await canvasStatistics(page);
 
     for (const seriesNumber of settings.srSeriesNumbers) {
       summary.reports.push(await inspectReport(page, seriesNumber, settings));
@@ -253,8 +278,7 @@ async function main() {
 
     summary.timings.totalS = elapsed(start);
     summary.passed =
-      summary.ct.found &&
-      summary.ct.greyLevels > 8 &&
+      summary.ct.greyLevels >= RENDERED_GREY_LEVELS &&
       summary.blockedRequests.length === 0 &&
       summary.reports.every(report => report.thumbnailFound && report.missingSites.length === 0);
     return summary.passed ? 0 : 1;

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import sys
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -97,6 +98,20 @@ class ViewerRequestHandler(SimpleHTTPRequestHandler):
         logger.debug("%s %s", self.address_string(), format % args)
 
 
+class ViewerHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server that logs request errors instead of printing them."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:  # noqa: ANN001 (base signature)
+        error = sys.exc_info()[1]
+        # A browser that closes a connection early, for a request it no longer needs, is no error.
+        if isinstance(error, (BrokenPipeError, ConnectionResetError)):
+            logger.debug("client %s closed the connection: %s", client_address, error)
+            return
+        logger.exception("request from %s failed", client_address)
+
+
 def start_viewer_server(root: Path, port: int, orthanc_port: int) -> ThreadingHTTPServer:
     """Start the server on ``127.0.0.1:port`` in a daemon thread and return it.
 
@@ -118,8 +133,7 @@ def start_viewer_server(root: Path, port: int, orthanc_port: int) -> ThreadingHT
         raise FileNotFoundError(f"{root} has no index.html; run tests/viewer/setup.sh first")
 
     handler = partial(ViewerRequestHandler, directory=str(root), orthanc_port=orthanc_port)
-    server = ThreadingHTTPServer((LOOPBACK, port), handler)
-    server.daemon_threads = True
+    server = ViewerHTTPServer((LOOPBACK, port), handler)
     thread = threading.Thread(target=server.serve_forever, name="viewer-server", daemon=True)
     thread.start()
     logger.info("viewer server on http://%s:%d serves %s", LOOPBACK, port, root)

@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -40,8 +41,39 @@ logger = logging.getLogger(__name__)
 ORTHANC = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 BROWSER_SCRIPT = Path(__file__).with_name("open_sr.js")
+# The browser script launches this executable; playwright-core never downloads one.
+CHROMIUM = "/usr/bin/chromium"
 ORTHANC_START_TIMEOUT_S = 30.0
 BROWSER_TIMEOUT_S = 150.0
+SESSION_TIMEOUT_S = 240.0
+REPOSITORY = Path(__file__).resolve().parents[2]
+SETUP_SCRIPT = Path(__file__).with_name("setup.sh")
+# Exit status of setup.sh when the npm registry cannot be reached.
+SETUP_REGISTRY_UNREACHABLE = 3
+
+
+class RegistryUnreachableError(RuntimeError):
+    """setup.sh could not reach the npm registry, so OHIF could not be fetched."""
+
+
+def prepare_viewer_cache() -> Path:
+    """Run ``setup.sh`` (a no-op when the cache is complete) and return the cache folder.
+
+    Raises
+    ------
+    RegistryUnreachableError
+        If the cache is missing and the npm registry cannot be reached.
+    RuntimeError
+        If ``setup.sh`` fails for another reason; the message has its output.
+    """
+    completed = subprocess.run(
+        [str(SETUP_SCRIPT)], capture_output=True, text=True, timeout=600, check=False
+    )
+    if completed.returncode == SETUP_REGISTRY_UNREACHABLE:
+        raise RegistryUnreachableError(completed.stderr.strip())
+    if completed.returncode != 0:
+        raise RuntimeError(f"{SETUP_SCRIPT} failed ({completed.returncode}):\n{completed.stderr}")
+    return Path(completed.stdout.strip().splitlines()[-1])
 
 
 def free_port() -> int:
@@ -139,6 +171,11 @@ def upload_instances(orthanc_port: int, paths: list[Path]) -> None:
 
 def run_browser(cache: Path, settings: dict, out: Path) -> int:
     """Run ``open_sr.js`` with ``settings`` as JSON; return its exit status."""
+    if not Path(CHROMIUM).exists():
+        raise FileNotFoundError(f"{CHROMIUM} is missing; install the Debian package chromium")
+    if not (cache / "node_modules" / "playwright-core").is_dir():
+        raise FileNotFoundError(f"{cache} has no playwright-core; run tests/viewer/setup.sh")
+
     settings_path = out / "browser-settings.json"
     settings_path.write_text(json.dumps(settings, indent=2))
     environment = {**os.environ, "NODE_PATH": str(cache / "node_modules")}
@@ -187,6 +224,49 @@ def run_session(arguments: argparse.Namespace) -> int:
                 server.server_close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def run_isolated_session(
+    cache: Path,
+    study_instance_uid: str,
+    files: list[Path],
+    sr_series_numbers: list[int],
+    expected_sites: list[str],
+    out: Path,
+) -> tuple[subprocess.CompletedProcess, dict | None]:
+    """Run a session in a new network namespace (``unshare -n``).
+
+    Returns the completed process and the browser script's summary, or None when the
+    session ended before the browser script wrote one (the process output says why).
+    """
+    command = [
+        sys.executable, "-m", "tests.viewer.session",
+        "--cache", str(cache),
+        "--out", str(out),
+        "--study-uid", study_instance_uid,
+    ]
+    for series_number in sr_series_numbers:
+        command += ["--sr-series-number", str(series_number)]
+    for site in expected_sites:
+        command += ["--expect-site", site]
+    command += [str(path) for path in files]
+
+    # Without root, a user namespace (--map-root-user) grants the right to create
+    # the network namespace, where the kernel allows unprivileged user namespaces.
+    # NOTE: only the namespace set-up was tried without root, not a whole session.
+    unshare = ["unshare", "--net"] if os.geteuid() == 0 else ["unshare", "--map-root-user", "--net"]
+    inner = "ip link set lo up && exec " + shlex.join(command)
+    completed = subprocess.run(
+        [*unshare, "sh", "-c", inner],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=SESSION_TIMEOUT_S,
+        check=False,
+    )
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    return completed, summary
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:

@@ -37,7 +37,9 @@ if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
   exit 2
 fi
 
-if ! npm view "playwright-core@$PLAYWRIGHT_VERSION" version >/dev/null 2>&1; then
+# One quick retry, so an offline machine learns it in seconds, not minutes.
+if ! npm view --fetch-retries=1 --fetch-retry-mintimeout=2000 --fetch-retry-maxtimeout=5000 \
+    "playwright-core@$PLAYWRIGHT_VERSION" version >/dev/null 2>&1; then
   log "the npm registry ($(npm config get registry)) is unreachable; cannot fetch OHIF"
   exit 3
 fi

@@ -19,13 +19,16 @@ LOGGER = logging.getLogger(__name__)
 def scp_command(
     ctx: typer.Context,
     host: Annotated[
-        Optional[str], typer.Option("--host", help="Address to listen on (overrides HCLAL_SCP_HOST).")
+        Optional[str],
+        typer.Option("--host", help="Address to listen on (overrides HCLAL_SCP_HOST)."),
     ] = None,
     port: Annotated[
-        Optional[int], typer.Option("--port", help="TCP port to listen on (overrides HCLAL_SCP_PORT).")
+        Optional[int],
+        typer.Option("--port", help="TCP port to listen on (overrides HCLAL_SCP_PORT)."),
     ] = None,
     ae_title: Annotated[
-        Optional[str], typer.Option("--ae-title", help="AE title of the SCP (overrides HCLAL_AE_TITLE).")
+        Optional[str],
+        typer.Option("--ae-title", help="AE title of the SCP (overrides HCLAL_AE_TITLE)."),
     ] = None,
     metrics_port: Annotated[
         Optional[int],
@@ -51,9 +54,13 @@ def scp_command(
 
     settings = settings_of(ctx, scp_host=host, scp_port=port, ae_title=ae_title, metrics_port=metrics_port)
     logging.getLogger().setLevel(settings.log_level)
+    if settings.log_level != "DEBUG":
+        # pynetdicom logs several INFO lines per C-STORE; the SCP logs one per association.
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
     try:
         scp = create_scp(settings)
+        scp.store.spool.remove_partial_files()
         resumed = scp.tracker.resume()
     except SchemaError as exc:
         fail(str(exc))

@@ -232,6 +232,12 @@ class Report(Base):
     sop_class_uid: Mapped[str] = mapped_column(UID)
     predecessor_sop_instance_uid: Mapped[str | None] = mapped_column(UID)
     file_path: Mapped[str] = mapped_column(Text)
+    # The fallback document (same content, fallback SOP class) and the outline document
+    # (planar groups only, for viewers) are written beside the report.
+    fallback_sop_instance_uid: Mapped[str | None] = mapped_column(UID)
+    fallback_file_path: Mapped[str | None] = mapped_column(Text)
+    outline_sop_instance_uid: Mapped[str | None] = mapped_column(UID)
+    outline_file_path: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     analysis: Mapped[Analysis] = relationship(back_populates="reports")
@@ -250,6 +256,7 @@ class Delivery(Base):
     status: Mapped[DeliveryStatus] = mapped_column(_enum(DeliveryStatus, "delivery_status"))
     dicom_status: Mapped[int | None] = mapped_column(Integer)
     sop_class_uid: Mapped[str | None] = mapped_column(UID)
+    sop_instance_uid: Mapped[str | None] = mapped_column(UID)
     error: Mapped[str | None] = mapped_column(Text)
     confirmed: Mapped[bool | None] = mapped_column()
     attempted_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

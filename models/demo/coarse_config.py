@@ -1,0 +1,38 @@
+"""Coarse model of the demo: a small HCL-AL encoder trained on phantom studies.
+
+Reproduce with ``models/demo/reproduce.sh`` from the repository root. The crop is
+16 x 16 x 16 voxels at 16 mm (a 256 mm cube around the lesion) and the encoder a
+quarter of the published width, so that training fits in about a quarter of an hour on
+a 2-core CPU; the checkpoint records this grid and inference uses it.
+"""
+
+stage = "coarse"
+# Ten phantom studies with 150 lesions each, every lesion in a different fine site.
+phantom_seeds = list(range(100, 110))
+phantom_lesions = 150
+output_dir = "runs/demo/coarse"
+
+crop_size = (16, 16, 16)
+spacing = (16.0, 16.0, 16.0)
+width = 0.25
+embed_dim = 128
+
+epochs = 8
+batch_size = 32
+learning_rate = 2e-3
+lr_milestones = (6,)
+skip_top = 2
+# Three regions per batch instead of the published two: in a run this short, distant
+# negatives from a third region teach the coarse layout of the body sooner.
+regions_per_batch = 3
+
+jitter_mm = 3.0
+rotation_degrees = 10.0
+rotation_probability = 0.5
+scale_range = (0.9, 1.1)
+scale_probability = 0.5
+
+save_every = 2
+seed = 0
+device = "cpu"
+num_workers = 2

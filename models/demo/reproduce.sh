@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Train the demo model (coarse, then fine) on phantom studies and copy the two
+# checkpoint folders into models/demo/. Run from the repository root; the run folders
+# under runs/demo/ keep the training state, history and loss/accuracy curves, and a
+# second run resumes from them. Then measure it on held-out phantoms:
+#   python -m models.demo.evaluate_heldout --seeds 5000-5019
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+python -m worker train coarse -i models/demo/coarse_config.py
+python -m worker train fine -i models/demo/fine_config.py
+
+for level in coarse fine; do
+  mkdir -p "models/demo/$level"
+  cp "runs/demo/$level/model/model.safetensors" "runs/demo/$level/model/model.json" "models/demo/$level/"
+done
+echo "demo model written to models/demo/coarse and models/demo/fine"
