@@ -28,6 +28,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import Engine, select
 
+from worker import metrics
 from worker.config import Settings
 from worker.db.models import (
     Analysis,
@@ -350,8 +351,14 @@ class CompletenessTracker:
                 )
             )
             analysis_id = analysis.id
+            received_at = study.first_received_at
 
         LOGGER.info("analysis %d of study %s queued (%s)", analysis_id, study_uid, trigger)
+        metrics.ANALYSES.labels(state=AnalysisState.QUEUED.value).inc()
+        if trigger != TRIGGER_LATE_INSTANCE:
+            # A late instance's study was first received long before, so the interval
+            # would not measure receiving.
+            metrics.observe_stage("receive_to_complete", metrics.seconds_between(received_at, now))
         self._call_enqueue(analysis_id, study_uid)
         return analysis_id
 

@@ -13,10 +13,14 @@ LOGGER = logging.getLogger(__name__)
 STAGE_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 
 INSTANCES_RECEIVED = Counter(
-    "hclal_instances_received_total", "Instances stored by the SCP.", ["modality"]
+    "hclal_instances_received_total",
+    "Instances the SCP answered with Success and kept, new or identical to a stored copy.",
+    ["modality"],
 )
 INSTANCES_REJECTED = Counter(
-    "hclal_instances_rejected_total", "C-STORE requests answered with a failure status.", ["reason"]
+    "hclal_instances_rejected_total",
+    "C-STORE requests failed or set aside as conflicts, and associations rejected (one each).",
+    ["reason"],
 )
 ANALYSES = Counter("hclal_analyses_total", "Analyses that reached a state.", ["state"])
 DELIVERIES = Counter("hclal_deliveries_total", "Report send attempts by outcome.", ["status"])

@@ -39,6 +39,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom.network.spool import Spool, SpoolFullError
+from worker import metrics
 from worker.completeness import CompletenessTracker
 from worker.config import Settings
 from worker.ingest import InstanceIdentity, InstanceStore, StoreOutcome, StoreResult
@@ -57,6 +58,21 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 RESULT_REJECTED_PERMANENT = 0x01
 SOURCE_SERVICE_USER = 0x01
 DIAGNOSTIC_NO_REASON_GIVEN = 0x01
+
+# Label ``reason`` of hclal_instances_rejected_total for each A-ASSOCIATE-RJ
+# (source, diagnostic) pair; other pairs count as "association_rejected". The
+# source address check is the only sender of "service user, no reason given".
+ASSOCIATION_REJECT_REASONS = {
+    (SOURCE_SERVICE_USER, DIAGNOSTIC_NO_REASON_GIVEN): "disallowed_address",
+    (SOURCE_SERVICE_USER, 0x03): "disallowed_ae",  # calling-AE-title-not-recognized
+    (0x03, 0x02): "too_many_associations",  # presentation related, local-limit-exceeded
+}
+
+# Label ``reason`` of hclal_instances_rejected_total for each C-STORE failure.
+REASON_INVALID = "invalid"
+REASON_UNDECODABLE = "undecodable"
+REASON_OUT_OF_RESOURCES = "out_of_resources"
+REASON_CONFLICT = "conflict"
 
 STORAGE_SOP_CLASSES = (
     sop_class.CTImageStorage,
@@ -217,6 +233,11 @@ class _AccessControlledACSE(ACSE):
             self.assoc.kill()
             return
         super()._negotiate_as_acceptor()
+
+    def send_reject(self, result: int, source: int, diagnostic: int) -> None:
+        reason = ASSOCIATION_REJECT_REASONS.get((source, diagnostic), "association_rejected")
+        metrics.INSTANCES_REJECTED.labels(reason=reason).inc()
+        super().send_reject(result, source, diagnostic)
 
 
 def _address_allowed(address: str, networks: list[IPNetwork]) -> bool:
@@ -379,27 +400,44 @@ class StorageSCP:
             check_instance(dataset, request.AffectedSOPClassUID, request.AffectedSOPInstanceUID)
             identity = InstanceIdentity.from_dataset(dataset, str(event.context.transfer_syntax))
         except InvalidInstanceError as exc:
-            return self._fail(event, exc.status, str(exc))
+            return self._fail(event, exc.status, REASON_INVALID, str(exc))
         except Exception as exc:  # noqa: BLE001 - pydicom's deferred decoding raises many types
-            return self._fail(event, STATUS_CANNOT_UNDERSTAND, f"data set cannot be decoded: {exc}")
+            return self._fail(
+                event, STATUS_CANNOT_UNDERSTAND, REASON_UNDECODABLE, f"data set cannot be decoded: {exc}"
+            )
 
         try:
             result = self.store.store(event.encoded_dataset(), identity, calling)
         except SpoolFullError as exc:
-            return self._fail(event, STATUS_OUT_OF_RESOURCES, str(exc), error=True)
+            return self._fail(
+                event, STATUS_OUT_OF_RESOURCES, REASON_OUT_OF_RESOURCES, str(exc), error=True
+            )
         except OSError as exc:
             return self._fail(
-                event, STATUS_OUT_OF_RESOURCES, f"cannot write to the spool: {exc}", error=True
+                event,
+                STATUS_OUT_OF_RESOURCES,
+                REASON_OUT_OF_RESOURCES,
+                f"cannot write to the spool: {exc}",
+                error=True,
             )
         except SQLAlchemyError as exc:
             # The driver's message only: SQLAlchemy's own text lists the bound parameters,
             # which include the patient's name for a new study.
             reason = str(getattr(exc, "orig", None) or type(exc).__name__).splitlines()[0]
             return self._fail(
-                event, STATUS_OUT_OF_RESOURCES, f"cannot record the instance: {reason}", error=True
+                event,
+                STATUS_OUT_OF_RESOURCES,
+                REASON_OUT_OF_RESOURCES,
+                f"cannot record the instance: {reason}",
+                error=True,
             )
 
         self._count(event, result.outcome.value)
+        if result.outcome is StoreOutcome.CONFLICT:
+            # Answered with Success (the peer must not resend it), but kept out of the study.
+            metrics.INSTANCES_REJECTED.labels(reason=REASON_CONFLICT).inc()
+        else:
+            metrics.INSTANCES_RECEIVED.labels(modality=identity.modality or "unknown").inc()
         LOGGER.debug(
             "%s SOP Instance %s from %s", result.outcome.value, identity.sop_instance_uid, calling
         )
@@ -417,7 +455,9 @@ class StorageSCP:
                 result.identity.study_instance_uid,
             )
 
-    def _fail(self, event: evt.Event, status: int, reason: str, *, error: bool = False) -> int:
+    def _fail(
+        self, event: evt.Event, status: int, metric_reason: str, reason: str, *, error: bool = False
+    ) -> int:
         request = event.request
         log = LOGGER.error if error else LOGGER.warning
         log(
@@ -429,6 +469,7 @@ class StorageSCP:
             reason,
         )
         self._count(event, "failed")
+        metrics.INSTANCES_REJECTED.labels(reason=metric_reason).inc()
         return status
 
     def _count(self, event: evt.Event, outcome: str) -> None:

@@ -30,16 +30,29 @@ def scp_command(
         Optional[str],
         typer.Option("--ae-title", help="AE title of the SCP (overrides HCLAL_AE_TITLE)."),
     ] = None,
+    metrics_port: Annotated[
+        Optional[int],
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            help="TCP port of the Prometheus endpoint, on the same address as the SCP "
+            "(overrides HCLAL_METRICS_PORT; unset serves no metrics).",
+        ),
+    ] = None,
 ) -> None:
     """Receive CT, PET and SEG instances by C-STORE and queue each complete study for analysis.
 
     Runs until SIGTERM or SIGINT, then finishes open associations and exits.
+    The Prometheus endpoint listens on the SCP's address, so it stays on the
+    loopback interface unless ``--host`` opens the SCP to the network.
     """
     from dicom.network.scp import create_scp  # noqa: PLC0415 - keeps 'hclal --help' fast
     from worker.completeness import QuietPeriodMonitor  # noqa: PLC0415
     from worker.db.session import SchemaError  # noqa: PLC0415
+    from worker.metrics import serve_metrics  # noqa: PLC0415
 
-    settings = settings_of(ctx, scp_host=host, scp_port=port, ae_title=ae_title)
+    settings = settings_of(ctx, scp_host=host, scp_port=port, ae_title=ae_title, metrics_port=metrics_port)
     logging.getLogger().setLevel(settings.log_level)
     if settings.log_level != "DEBUG":
         # pynetdicom logs several INFO lines per C-STORE; the SCP logs one per association.
@@ -54,6 +67,14 @@ def scp_command(
     except OperationalError as exc:
         fail(f"cannot reach the database: {exc.orig}; check HCLAL_DATABASE_URL")
     LOGGER.info("resumed %d SEG instances of studies still receiving", resumed)
+
+    try:
+        serve_metrics(settings.metrics_port, settings.scp_host)
+    except OSError as exc:
+        fail(
+            f"cannot serve metrics on {settings.scp_host}:{settings.metrics_port}: {exc.strerror}; "
+            "choose another --metrics-port or stop the program that uses it"
+        )
 
     try:
         scp.start()
