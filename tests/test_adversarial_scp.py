@@ -8,7 +8,10 @@ never reach the log.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import struct
 import subprocess
 from pathlib import Path
 
@@ -19,7 +22,7 @@ from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pynetdicom import AE, _config
-from pynetdicom.sop_class import CTImageStorage
+from pynetdicom.sop_class import CTImageStorage, Verification
 from sqlalchemy import select
 
 from dicom.network.scp import STATUS_CANNOT_UNDERSTAND, STATUS_SUCCESS
@@ -110,6 +113,7 @@ def test_invalid_birth_date_not_logged(
     # DA allows only YYYYMMDD (PS3.5 6.2), but PACS exports often contain hyphenated dates.
     ds = ct_series(1)[0]
     ds.PatientBirthDate = "1970-01-01"
+    caplog.clear()  # pydicom logs the invalid value once here, in the SCU's own process.
     with caplog.at_level(logging.INFO):
         status = send_dataset(receiver.port, ds)
 
@@ -166,3 +170,52 @@ def test_series_uid_reused_across_studies(receiver: Receiver) -> None:
         assert study_of(receiver, second.SOPInstanceUID) == second.StudyInstanceUID
     else:
         assert second_status == STATUS_CANNOT_UNDERSTAND
+
+
+def associate_request(calling_ae_title: bytes, called_ae_title: bytes = b"HCLAL") -> bytes:
+    """Return an A-ASSOCIATE-RQ PDU (PS3.8 9.3.2) that proposes Verification, AE titles as given."""
+
+    def pdu_item(item_type: int, value: bytes) -> bytes:
+        return struct.pack(">BBH", item_type, 0, len(value)) + value
+
+    application_context = pdu_item(0x10, b"1.2.840.10008.3.1.1.1")
+    presentation_context = pdu_item(
+        0x20,
+        bytes([1, 0, 0, 0])
+        + pdu_item(0x30, Verification.encode())
+        + pdu_item(0x40, dicom_uid.ImplicitVRLittleEndian.encode()),
+    )
+    user_information = pdu_item(
+        0x50, pdu_item(0x51, struct.pack(">I", 16384)) + pdu_item(0x52, b"1.2.3.4")
+    )
+    body = (
+        struct.pack(">HH", 1, 0)
+        + called_ae_title.ljust(16)
+        + calling_ae_title.ljust(16)
+        + bytes(32)
+        + application_context
+        + presentation_context
+        + user_information
+    )
+    return struct.pack(">BBI", 0x01, 0, len(body)) + body
+
+
+def test_malformed_ae_title_frees_slot(receiver: Receiver) -> None:
+    # A calling AE title with a byte outside the Default Character Repertoire (PS3.5 6.2).
+    # The SCP accepts at most 64 associations at once.
+    request = associate_request("PÄCS".encode("latin-1"))
+    for _ in range(70):
+        with socket.create_connection(("127.0.0.1", receiver.port), timeout=5) as peer:
+            peer.sendall(request)
+            with contextlib.suppress(OSError):
+                peer.recv(64)
+
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = 10
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="HCLAL")
+    established = assoc.is_established
+    if established:
+        assoc.release()
+
+    assert established, "a valid association was rejected after peers that already hung up"
