@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
+import subprocess
+import time
+from pathlib import Path
 
 import pydicom
 import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 from sqlalchemy import func, select
 
+from dicom.network.sender import dicom_files, send_files
+from tests.support.receiver import free_port, scp_command
 from tests.test_pipeline import StatusPacs, SUCCESS, make_settings, receive_study
 from worker.db.models import Analysis, AnalysisState, Delivery, Report
 from worker.db.session import get_engine, session_scope
@@ -74,3 +82,79 @@ def test_invalid_birth_date_analysed(
     assert "1970-01-01" not in caplog.text
     assert "1970-01-01" not in (error or "")
     assert state == AnalysisState.REPORTED, error
+
+
+def _start_scp(port: int, environment: dict[str, str], log: Path) -> subprocess.Popen:
+    """Start ``hclal scp`` and return once it answers C-ECHO."""
+    with log.open("a") as stream:
+        process = subprocess.Popen(
+            scp_command(port, "HCLAL"), env=environment, stdout=stream, stderr=stream
+        )
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(Verification)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        assoc = ae.associate("127.0.0.1", port, ae_title="HCLAL")
+        if assoc.is_established:
+            assoc.release()
+            return process
+        time.sleep(0.5)
+    process.kill()
+    process.wait()
+    raise AssertionError(f"hclal scp did not start; see {log}")
+
+
+def _analysis_state(database: Path) -> tuple[str | None, int]:
+    """Return the state of the first analysis (None if there is none) and the report count."""
+    engine = get_engine(f"sqlite:///{database}", auto_migrate=False)
+    with engine.connect() as connection:
+        state = connection.scalar(select(Analysis.state).order_by(Analysis.id).limit(1))
+        reports = connection.scalar(select(func.count()).select_from(Report))
+    return (state.value if state is not None else None), reports
+
+
+@pytest.mark.slow
+def test_killed_in_process_analysis_redone(tmp_path, phantom_study, tiny_models) -> None:
+    # Without HCLAL_BROKER_URL the SCP process runs the analyses, so its restart is the
+    # only "other worker" there is.
+    coarse, fine = tiny_models
+    database = tmp_path / "data" / "hclal.sqlite3"
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("HCLAL_")}
+    environment.update(
+        HCLAL_DATA_DIR=str(tmp_path / "data"),
+        HCLAL_COARSE_MODEL=str(coarse),
+        HCLAL_FINE_MODEL=str(fine),
+    )
+    port = free_port()
+    log = tmp_path / "scp.log"
+
+    first = _start_scp(port, environment, log)
+    try:
+        send_files(dicom_files(phantom_study), "127.0.0.1", port, "HCLAL")
+        deadline = time.monotonic() + 120
+        running = {AnalysisState.STARTED.value, AnalysisState.LOCALISED.value}
+        while _analysis_state(database)[0] not in running:
+            assert time.monotonic() < deadline, "the analysis never started"
+            time.sleep(0.2)
+    finally:
+        first.kill()
+        first.wait()
+    state_after_kill = _analysis_state(database)
+
+    second = _start_scp(port, environment, log)
+    try:
+        deadline = time.monotonic() + 240
+        finished = {AnalysisState.REPORTED.value, AnalysisState.FAILED.value}
+        while _analysis_state(database)[0] not in finished and time.monotonic() < deadline:
+            time.sleep(1)
+    finally:
+        second.terminate()
+        second.wait(timeout=60)
+    final_state, reports = _analysis_state(database)
+
+    assert state_after_kill[0] in running
+    assert state_after_kill[1] == 0
+    assert final_state == AnalysisState.REPORTED.value, (
+        f"analysis is still {final_state} 240 s after the restart; SCP log:\n{log.read_text()[-1500:]}"
+    )
+    assert reports == 1
