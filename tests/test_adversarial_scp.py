@@ -29,7 +29,7 @@ from dicom.network.scp import STATUS_CANNOT_UNDERSTAND, STATUS_SUCCESS
 from tests.support.dcmtk import require_dcmtk_tool
 from tests.support.dicom_factory import ct_series
 from tests.support.receiver import Receiver, receiver_settings, running_receiver
-from worker.db.models import Instance, Series, Study
+from worker.db.models import Event, Instance, Series, Study
 
 
 @pytest.fixture
@@ -170,6 +170,14 @@ def test_series_uid_reused_across_studies(receiver: Receiver) -> None:
         assert study_of(receiver, second.SOPInstanceUID) == second.StudyInstanceUID
     else:
         assert second_status == STATUS_CANNOT_UNDERSTAND
+        assert event_kinds(receiver, second.SOPInstanceUID) == ["series_in_other_study"]
+
+
+def event_kinds(receiver: Receiver, sop_instance_uid: str) -> list[str]:
+    """Return the kinds of the ``event`` rows recorded for an instance."""
+    statement = select(Event.kind).where(Event.sop_instance_uid == sop_instance_uid)
+    with receiver.engine.connect() as connection:
+        return list(connection.scalars(statement))
 
 
 def associate_request(calling_ae_title: bytes, called_ae_title: bytes = b"HCLAL") -> bytes:
