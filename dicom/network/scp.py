@@ -120,6 +120,12 @@ def server_ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
     With ``tls_ca`` set, peers must present a certificate signed by that CA
     (DICOM Secure Transport Connection Profile, PS3.15 B.1).
+
+    Raises
+    ------
+    ValueError
+        If only one of certificate and key is set or a file cannot be loaded; the
+        message names the setting.
     """
     if settings.tls_certificate is None and settings.tls_key is None:
         return None
@@ -128,9 +134,22 @@ def server_ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(settings.tls_certificate, settings.tls_key)
+    try:
+        context.load_cert_chain(settings.tls_certificate, settings.tls_key)
+    except OSError as exc:  # ssl.SSLError is an OSError too
+        raise ValueError(
+            f"cannot load the TLS certificate {settings.tls_certificate} with the key "
+            f"{settings.tls_key}: {exc.strerror or exc}; set HCLAL_TLS_CERTIFICATE and "
+            "HCLAL_TLS_KEY to a readable PEM certificate and its private key"
+        ) from exc
     if settings.tls_ca is not None:
-        context.load_verify_locations(cafile=settings.tls_ca)
+        try:
+            context.load_verify_locations(cafile=settings.tls_ca)
+        except OSError as exc:
+            raise ValueError(
+                f"cannot load the TLS CA bundle {settings.tls_ca}: {exc.strerror or exc}; "
+                "set HCLAL_TLS_CA to a readable PEM file"
+            ) from exc
         context.verify_mode = ssl.CERT_REQUIRED
     return context
 
