@@ -70,6 +70,39 @@ def test_invalid_setting_fails_cli_with_one_message(monkeypatch: pytest.MonkeyPa
     assert "'not-a-port'" in result.output
 
 
+def test_non_json_list_named_with_example(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HCLAL_ALLOWED_CALLING_AE_TITLES", "PACS, MODALITY")
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    message = str(error.value)
+    assert "HCLAL_ALLOWED_CALLING_AE_TITLES = 'PACS, MODALITY'" in message
+    assert "not valid JSON" in message
+    assert """'["PACS", "MODALITY"]'""" in message
+
+
+def test_non_json_destinations_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HCLAL_DESTINATIONS", "PACS@127.0.0.1:4242")
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    message = str(error.value)
+    assert "HCLAL_DESTINATIONS = 'PACS@127.0.0.1:4242'" in message
+    assert "not valid JSON" in message
+
+
+def test_tls_key_without_certificate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HCLAL_TLS_KEY", "/etc/hclal/worker.key")
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    message = str(error.value)
+    assert "HCLAL_TLS_KEY is set but HCLAL_TLS_CERTIFICATE is not" in message
+    assert "\n" not in message
+
+
+def test_source_network_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HCLAL_ALLOWED_SOURCE_ADDRESSES", '["10.0.0.5", "10.1.0.1/16", "::1"]')
+    assert load_settings().allowed_source_addresses == ["10.0.0.5", "10.1.0.1/16", "::1"]
+
+
 def test_missing_config_file_reported(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="not found"):
         load_settings(tmp_path / "absent.toml")

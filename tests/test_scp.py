@@ -507,6 +507,27 @@ def test_cli_reports_port_in_use(tmp_path: Path, sqlite_url: str) -> None:
     assert "choose another --port" in result.stderr
 
 
+def test_cli_reports_invalid_host(tmp_path: Path, sqlite_url: str) -> None:
+    environment = {
+        **os.environ,
+        "HCLAL_DATA_DIR": str(tmp_path / "data"),
+        "HCLAL_DATABASE_URL": sqlite_url,
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "scp", "--host", "256.1.1.1", "--port", "11112"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "cannot listen on 256.1.1.1:11112" in result.stderr
+    assert "set --host or HCLAL_SCP_HOST" in result.stderr
+    assert "choose another --port" not in result.stderr
+
+
 def test_database_error_fails_without_phi(
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -7,13 +7,17 @@ setting, the value and the fix.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceParsingError
 
 ENV_PREFIX = "HCLAL_"
 
@@ -150,6 +154,30 @@ class Settings(BaseSettings):
     def _check_allowed_titles(cls, values: list[str]) -> list[str]:
         return [check_ae_title(v) for v in values]
 
+    @field_validator("allowed_source_addresses")
+    @classmethod
+    def _check_source_addresses(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is not an IP address or network such as 10.0.0.5 or 10.0.0.0/24"
+                ) from None
+        return values
+
+    @model_validator(mode="after")
+    def _check_tls_pair(self) -> Settings:
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            present, missing = ("CERTIFICATE", "KEY")
+            if self.tls_key is not None:
+                present, missing = missing, present
+            raise ValueError(
+                f"{ENV_PREFIX}TLS_{present} is set but {ENV_PREFIX}TLS_{missing} is not; "
+                "DICOM TLS needs both PEM files, so set both or neither"
+            )
+        return self
+
     @field_validator("sr_fallback_sop_class")
     @classmethod
     def _check_fallback(cls, value: str) -> str:
@@ -192,6 +220,8 @@ def _format_error(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         if not item["loc"]:
+            # A model validator's error: its message names the settings involved, and the
+            # input is every setting, which can include a database password.
             lines.append(f"invalid settings: {item['msg']}")
             continue
         location = ".".join(str(part) for part in item["loc"])
@@ -240,3 +270,28 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         return Settings(**init_values)
     except ValidationError as exc:
         raise SettingsError(_format_error(exc)) from None
+    except SourceParsingError as exc:
+        raise SettingsError(_format_parsing_error(exc)) from None
+
+
+def _format_parsing_error(error: SourceParsingError) -> str:
+    """Return the message for a variable that pydantic-settings cannot parse as JSON.
+
+    pydantic-settings parses list and object settings from the environment as JSON
+    before validation, and its error names only the field.
+    """
+    # pydantic-settings 2.x words it 'error parsing value for field "<name>" from source ...'.
+    match = re.search(r'field "(\w+)"', str(error))
+    field = Settings.model_fields.get(match.group(1)) if match else None
+    if match is None or field is None:
+        return f"invalid setting: {error}; fix the environment variable that it names"
+
+    name = ENV_PREFIX + match.group(1).upper()
+    value = next((value for key, value in os.environ.items() if key.upper() == name), "")
+    reason = f" ({error.__cause__})" if error.__cause__ is not None else ""
+    if field.annotation == list[str]:
+        entries = [entry.strip() for entry in value.strip("[] ").split(",") if entry.strip()]
+        fix = f"write it as a JSON list of strings, for example {json.dumps(entries)!r}"
+    else:
+        fix = f"write it as JSON: {field.description}"
+    return f"invalid setting {name} = {value[:200]!r}: not valid JSON{reason}; {fix}"

@@ -58,6 +58,10 @@ def write_lock(engine: Engine) -> AbstractContextManager:
         return _SQLITE_WRITE_LOCKS.setdefault(key, threading.Lock())
 
 
+class SeriesInOtherStudyError(ValueError):
+    """The instance's Series Instance UID is already recorded under another study."""
+
+
 class StoreOutcome(str, enum.Enum):
     """Outcome of storing one instance."""
 
@@ -162,8 +166,8 @@ class InstanceStore:
         self.spool = spool
         self._sop_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._is_sqlite = engine.dialect.name == "sqlite"
-        # Series Instance UID -> series.id; series rows never change once written.
-        self._series_ids: dict[str, int] = {}
+        # (Study, Series Instance UID) -> series.id; series rows never change once written.
+        self._series_ids: dict[tuple[str, str], int] = {}
 
     def store(
         self, data: bytes, identity: InstanceIdentity, calling_ae_title: str | None
@@ -176,6 +180,9 @@ class InstanceStore:
             If the spool's file system is full.
         OSError
             If the file cannot be written.
+        SeriesInOtherStudyError
+            If the series is recorded under another study; an ``event`` row records
+            the instance and its file is removed again.
         sqlalchemy.exc.SQLAlchemyError
             If the rows cannot be committed; the new file is removed again.
         """
@@ -205,6 +212,10 @@ class InstanceStore:
                 if stored is None:
                     raise
                 return stored
+            except SeriesInOtherStudyError:
+                self.spool.remove(spooled.path)
+                self._record_series_in_other_study(identity, calling_ae_title)
+                raise
             except BaseException:
                 self.spool.remove(spooled.path)
                 raise
@@ -241,21 +252,52 @@ class InstanceStore:
             calling_ae_title,
             spooled.path.name,
         )
-        event = insert(Event).values(
-            kind="instance_conflict",
-            study_instance_uid=identity.study_instance_uid,
-            sop_instance_uid=identity.sop_instance_uid,
-            message="a different data set arrived under a stored SOP Instance UID; "
+        self._add_event(
+            "instance_conflict",
+            identity,
+            "a different data set arrived under a stored SOP Instance UID; "
             "the stored file was kept and the new one set aside",
-            details={
+            {
                 "stored_sha256": stored_digest,
                 "received_sha256": spooled.sha256,
                 "conflict_file": str(spooled.path),
                 "calling_ae_title": calling_ae_title,
             },
         )
-        self._write(lambda connection: connection.execute(event))
         return StoreResult(StoreOutcome.CONFLICT, identity, spooled.path, spooled.sha256, True)
+
+    def _record_series_in_other_study(
+        self, identity: InstanceIdentity, calling_ae_title: str | None
+    ) -> None:
+        LOGGER.warning(
+            "SOP Instance %s from %s names study %s, but its series %s belongs to another study",
+            identity.sop_instance_uid,
+            calling_ae_title,
+            identity.study_instance_uid,
+            identity.series_instance_uid,
+        )
+        self._add_event(
+            "series_in_other_study",
+            identity,
+            "an instance named a Series Instance UID that is recorded under another study; "
+            "it was rejected",
+            {
+                "series_instance_uid": identity.series_instance_uid,
+                "calling_ae_title": calling_ae_title,
+            },
+        )
+
+    def _add_event(
+        self, kind: str, identity: InstanceIdentity, message: str, details: dict
+    ) -> None:
+        event = insert(Event).values(
+            kind=kind,
+            study_instance_uid=identity.study_instance_uid,
+            sop_instance_uid=identity.sop_instance_uid,
+            message=message,
+            details=details,
+        )
+        self._write(lambda connection: connection.execute(event))
 
     def _stored_digest(self, sop_instance_uid: str) -> str | None:
         with self.engine.connect() as connection:
@@ -276,7 +318,8 @@ class InstanceStore:
         """
         now = utcnow()
         study_id, study_state = _upsert_study(connection, identity, now)
-        series_id = self._series_ids.get(identity.series_instance_uid)
+        series_key = (identity.study_instance_uid, identity.series_instance_uid)
+        series_id = self._series_ids.get(series_key)
         if series_id is None:
             series_id = _upsert_series(connection, study_id, identity)
         connection.execute(
@@ -292,7 +335,7 @@ class InstanceStore:
                 received_at=now,
             )
         )
-        self._series_ids[identity.series_instance_uid] = series_id
+        self._series_ids[series_key] = series_id
         return study_state == StudyState.RECEIVING
 
     def _write(self, work: Callable[[Connection], _T]) -> _T:
@@ -387,6 +430,13 @@ def _upsert_study(
 
 
 def _upsert_series(connection: Connection, study_id: int, identity: InstanceIdentity) -> int:
+    """Return the id of the series, inserting its row first if it is new.
+
+    Raises
+    ------
+    SeriesInOtherStudyError
+        If the Series Instance UID is recorded under another study.
+    """
     _insert_ignoring_conflict(
         connection,
         Series,
@@ -400,9 +450,17 @@ def _upsert_series(connection: Connection, study_id: int, identity: InstanceIden
             "frame_of_reference_uid": identity.frame_of_reference_uid,
         },
     )
-    return connection.execute(
-        select(Series.id).where(Series.series_instance_uid == identity.series_instance_uid)
-    ).scalar_one()
+    series = connection.execute(
+        select(Series.id, Series.study_id).where(
+            Series.series_instance_uid == identity.series_instance_uid
+        )
+    ).one()
+    if series.study_id != study_id:
+        raise SeriesInOtherStudyError(
+            f"Series Instance UID {identity.series_instance_uid} is recorded under another "
+            f"study than {identity.study_instance_uid}"
+        )
+    return series.id
 
 
 def _text(dataset: Dataset, keyword: str, max_length: int) -> str | None:

@@ -10,18 +10,22 @@ Access control happens at association negotiation (PS3.8 section 7.1.1.9):
 an unknown calling AE title is rejected permanently with reason 3 "calling-AE-title-not-recognized",
 a source address outside ``Settings.allowed_source_addresses`` with reason 1 "no-reason-given".
 Presentation contexts are accepted only with transfer syntaxes that the
-installed pydicom pixel data decoders can read, so an undecodable instance is
-refused at negotiation instead of failing after transfer.
+installed pydicom pixel data decoders can read, so an instance in a syntax
+without a decoder is refused at negotiation instead of failing after transfer.
+A compressed stream that the decoder rejects still fails after transfer with
+0xC000, because the first frame is decoded before Success is returned.
 """
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import logging
 import socket
 import ssl
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +39,7 @@ from pydicom.pixels.utils import get_expected_length
 from pynetdicom import AE, _config, evt, sop_class
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import A_ASSOCIATE, A_P_ABORT
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -42,7 +47,13 @@ from dicom.network.spool import Spool, SpoolFullError
 from worker import metrics
 from worker.completeness import CompletenessTracker
 from worker.config import Settings
-from worker.ingest import InstanceIdentity, InstanceStore, StoreOutcome, StoreResult
+from worker.ingest import (
+    InstanceIdentity,
+    InstanceStore,
+    SeriesInOtherStudyError,
+    StoreOutcome,
+    StoreResult,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -125,6 +136,12 @@ def server_ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
     With ``tls_ca`` set, peers must present a certificate signed by that CA
     (DICOM Secure Transport Connection Profile, PS3.15 B.1).
+
+    Raises
+    ------
+    ValueError
+        If only one of certificate and key is set or a file cannot be loaded; the
+        message names the setting.
     """
     if settings.tls_certificate is None and settings.tls_key is None:
         return None
@@ -133,9 +150,22 @@ def server_ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(settings.tls_certificate, settings.tls_key)
+    try:
+        context.load_cert_chain(settings.tls_certificate, settings.tls_key)
+    except OSError as exc:  # ssl.SSLError is an OSError too
+        raise ValueError(
+            f"cannot load the TLS certificate {settings.tls_certificate} with the key "
+            f"{settings.tls_key}: {exc.strerror or exc}; set HCLAL_TLS_CERTIFICATE and "
+            "HCLAL_TLS_KEY to a readable PEM certificate and its private key"
+        ) from exc
     if settings.tls_ca is not None:
-        context.load_verify_locations(cafile=settings.tls_ca)
+        try:
+            context.load_verify_locations(cafile=settings.tls_ca)
+        except OSError as exc:
+            raise ValueError(
+                f"cannot load the TLS CA bundle {settings.tls_ca}: {exc.strerror or exc}; "
+                "set HCLAL_TLS_CA to a readable PEM file"
+            ) from exc
         context.verify_mode = ssl.CERT_REQUIRED
     return context
 
@@ -173,6 +203,7 @@ def check_instance(dataset: Dataset, request_sop_class: str, request_sop_instanc
     syntax = dataset.file_meta.TransferSyntaxUID
     if syntax.is_encapsulated:
         _check_encapsulated_pixel_data(dataset.PixelData)
+        _check_first_frame_decodes(dataset, syntax)
     else:
         _check_native_pixel_data(dataset)
 
@@ -203,6 +234,54 @@ def _check_encapsulated_pixel_data(value: bytes) -> None:
         raise InvalidInstanceError("encapsulated Pixel Data has no compressed frame")
 
 
+def _start_of(stream: io.BytesIO) -> bytes:
+    """Return the first bytes of ``stream``, enough for a tag and a VR, without copying the rest."""
+    with stream.getbuffer() as view:
+        return bytes(view[:64])
+
+
+def _check_first_frame_decodes(dataset: Dataset, syntax: dicom_uid.UID) -> None:
+    """Decode the first frame, so that a compressed stream the decoders reject fails now.
+
+    The other frames are not decoded, to keep the cost per instance at one frame.
+    """
+    try:
+        get_decoder(syntax).as_array(dataset, index=0)
+    except Exception as exc:  # noqa: BLE001 - each decoder plugin raises its own types
+        raise InvalidInstanceError(
+            f"frame 1 of the Pixel Data cannot be decoded as {syntax.name}: {exc}"
+        ) from exc
+
+
+def check_encoding(encoded: bytes, transfer_syntax: dicom_uid.UID) -> None:
+    """Check that a data set's first element uses the VR encoding of the negotiated syntax.
+
+    ``encoded`` is the start of the data set as received, at least its first 6 bytes.
+    When the first element contradicts the context's VR encoding, pydicom reads the
+    data set with the encoding it finds, so the data set decodes. The SCP stores
+    the received bytes under File Meta Information that names the negotiated
+    syntax, though, and that file could not be read back. Explicit VR is detected
+    as pydicom 3.0 does it: two uppercase letters after the first tag.
+
+    Raises
+    ------
+    InvalidInstanceError
+        With status 0xC000 if the encodings differ.
+    """
+    if transfer_syntax.is_deflated:
+        encoded = zlib.decompressobj(-zlib.MAX_WBITS).decompress(encoded, 6)
+    if len(encoded) < 6:
+        return
+    found_explicit = all(0x40 < byte < 0x5B for byte in encoded[4:6])
+    if found_explicit != transfer_syntax.is_implicit_VR:
+        return
+    found = "explicit" if found_explicit else "implicit"
+    raise InvalidInstanceError(
+        f"data set is encoded with {found} VR, but the presentation context's transfer "
+        f"syntax is {transfer_syntax.name}"
+    )
+
+
 @dataclass
 class _AssociationCounts:
     calling_ae_title: str
@@ -219,6 +298,16 @@ class _AccessControlledACSE(ACSE):
 
     def _negotiate_as_acceptor(self) -> None:
         address = self.assoc.requestor.address
+        if not isinstance(self.requestor.primitive, A_ASSOCIATE):
+            # _end_on_invalid_request() put an A-P-ABORT in place of the request.
+            LOGGER.warning(
+                "closing connection from %s: its first PDU was no valid A-ASSOCIATE-RQ "
+                "(pynetdicom.dul logs why)",
+                address,
+            )
+            self.assoc.is_aborted = True
+            self.assoc.kill()
+            return
         if not _address_allowed(address, self._allowed_networks):
             calling = self.requestor.primitive.calling_ae_title if self.requestor.primitive else "?"
             LOGGER.warning(
@@ -238,6 +327,19 @@ class _AccessControlledACSE(ACSE):
         reason = ASSOCIATION_REJECT_REASONS.get((source, diagnostic), "association_rejected")
         metrics.INSTANCES_REJECTED.labels(reason=reason).inc()
         super().send_reject(result, source, diagnostic)
+
+
+def _end_on_invalid_request(event: evt.Event) -> None:
+    """Wake the acceptor's wait for an A-ASSOCIATE-RQ when the DUL has aborted the request.
+
+    When the first PDU cannot be decoded (an AE title outside the Default Character
+    Repertoire, for example), pynetdicom 3.0.4's DUL sends an A-ABORT and moves from
+    Sta2 to Sta13 without telling the association thread. That thread waits for the
+    request until the ACSE timeout and occupies one of the ``maximum_associations``
+    slots meanwhile, so this handler puts an A-P-ABORT on its queue.
+    """
+    if event.current_state == "Sta2" and event.next_state == "Sta13":
+        event.assoc.dul.to_user_queue.put(A_P_ABORT())
 
 
 def _address_allowed(address: str, networks: list[IPNetwork]) -> bool:
@@ -261,6 +363,7 @@ class _RequestHandler(RequestHandler):
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         assoc.acse = _AccessControlledACSE(assoc, self.server.allowed_networks)
+        assoc.bind(evt.EVT_FSM_TRANSITION, _end_on_invalid_request)
         return assoc
 
 
@@ -397,6 +500,7 @@ class StorageSCP:
         try:
             dataset = event.dataset
             dataset.file_meta = event.file_meta
+            check_encoding(_start_of(event.request.DataSet), event.context.transfer_syntax)
             check_instance(dataset, request.AffectedSOPClassUID, request.AffectedSOPInstanceUID)
             identity = InstanceIdentity.from_dataset(dataset, str(event.context.transfer_syntax))
         except InvalidInstanceError as exc:
@@ -408,6 +512,8 @@ class StorageSCP:
 
         try:
             result = self.store.store(event.encoded_dataset(), identity, calling)
+        except SeriesInOtherStudyError as exc:
+            return self._fail(event, STATUS_CANNOT_UNDERSTAND, str(exc))
         except SpoolFullError as exc:
             return self._fail(
                 event, STATUS_OUT_OF_RESOURCES, REASON_OUT_OF_RESOURCES, str(exc), error=True

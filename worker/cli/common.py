@@ -7,6 +7,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from worker.config import Settings, SettingsError, load_settings
 
@@ -45,5 +46,6 @@ def settings_of(ctx: typer.Context, **overrides: object) -> Settings:
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print ``message`` as one error line on stderr and exit with ``code``."""
-    ERROR_CONSOLE.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # Escaped because messages quote setting values, and rich reads "[word]" as a style tag.
+    ERROR_CONSOLE.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)

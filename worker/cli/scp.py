@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 import threading
 from types import FrameType
 from typing import Annotated, Optional
@@ -78,10 +80,12 @@ def scp_command(
 
     try:
         scp.start()
+    except ValueError as exc:
+        fail(str(exc))
     except OSError as exc:
         fail(
-            f"cannot listen on {settings.scp_host}:{settings.scp_port}: {exc.strerror}; "
-            "choose another --port or stop the program that uses it"
+            f"cannot listen on {settings.scp_host}:{settings.scp_port}: {exc.strerror or exc}; "
+            f"{_listen_hint(exc)}"
         )
     monitor = QuietPeriodMonitor(scp.tracker)
     monitor.start()
@@ -98,6 +102,17 @@ def scp_command(
 
     scp.stop(grace_period=settings.network_timeout)
     monitor.stop()
+
+
+def _listen_hint(error: OSError) -> str:
+    """Return what to change when the server socket cannot be bound."""
+    if isinstance(error, socket.gaierror) or error.errno == errno.EADDRNOTAVAIL:
+        return "set --host or HCLAL_SCP_HOST to an IP address or host name of this machine"
+    if error.errno == errno.EADDRINUSE:
+        return "choose another --port or stop the program that uses it"
+    if error.errno == errno.EACCES:
+        return "choose a --port of 1024 or above, or grant the process CAP_NET_BIND_SERVICE"
+    return "check --host and --port (HCLAL_SCP_HOST and HCLAL_SCP_PORT)"
 
 
 def register(app: typer.Typer) -> None:
