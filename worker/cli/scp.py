@@ -53,6 +53,7 @@ def scp_command(
     from worker.completeness import QuietPeriodMonitor  # noqa: PLC0415
     from worker.db.session import SchemaError  # noqa: PLC0415
     from worker.metrics import serve_metrics  # noqa: PLC0415
+    from worker.queue import requeue_unfinished  # noqa: PLC0415
 
     settings = settings_of(ctx, scp_host=host, scp_port=port, ae_title=ae_title, metrics_port=metrics_port)
     logging.getLogger().setLevel(settings.log_level)
@@ -69,6 +70,7 @@ def scp_command(
     except OperationalError as exc:
         fail(f"cannot reach the database: {exc.orig}; check HCLAL_DATABASE_URL")
     LOGGER.info("resumed %d SEG instances of studies still receiving", resumed)
+    requeue_unfinished(settings)
 
     try:
         serve_metrics(settings.metrics_port, settings.scp_host)

@@ -30,6 +30,9 @@ def worker_command(
     metrics_port: Annotated[
         int | None, typer.Option(help="Port of the Prometheus endpoint on 127.0.0.1; default HCLAL_METRICS_PORT.")
     ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address of the Prometheus endpoint; 0.0.0.0 to let other hosts scrape it.")
+    ] = "127.0.0.1",
     name: Annotated[str, typer.Option(help="Worker node name (Celery -n).")] = "hclal@%h",
 ) -> None:
     """Consume analysis and delivery tasks from the broker in HCLAL_BROKER_URL."""
@@ -54,7 +57,7 @@ def worker_command(
         get_engine(settings.effective_database_url)
     except SchemaError as exc:
         fail(str(exc))
-    serve_metrics(metrics_port or settings.metrics_port)
+    serve_metrics(metrics_port or settings.metrics_port, metrics_host)
     app = get_celery_app(settings)
     LOGGER.info("worker %s starting on queues %s with pool %s x%d", name, ",".join(selected), chosen_pool, concurrency)
     app.worker_main(
