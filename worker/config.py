@@ -79,7 +79,7 @@ class Settings(BaseSettings):
         default=1800.0,
         gt=0,
         description="Seconds before a task taken by a worker that died is given to another worker; "
-        "must exceed the task time limit.",
+        "keep it above the task time limit.",
     )
     task_time_limit: float = Field(
         default=900.0, gt=0, description="Seconds after which an analysis task is killed."
