@@ -175,6 +175,7 @@ def test_coarse_train_writes_checkpoint(trained: dict[str, Path]):
     assert checkpoint.metadata.training["studies"] == 2
     assert checkpoint.metadata.training["epochs"] == 2
     assert checkpoint.metadata.crop_size == (16, 16, 16)
+    assert tuple(checkpoint.text_projection["weight"].shape) == (32, 384)
     history = json.loads((trained["root"] / "coarse" / "history.json").read_text())
     assert len(history["loss"]) == 2
     assert (trained["root"] / "coarse" / "loss.png").is_file()

@@ -1,9 +1,9 @@
 """Coarse model of the demo: a small HCL-AL encoder trained on phantom studies.
 
 Reproduce with ``models/demo/reproduce.sh`` from the repository root. The crop is
-16 x 16 x 16 voxels at 16 mm (a 256 mm cube around the lesion) and the encoder a
-quarter of the published width, so that training fits in about a quarter of an hour on
-a 2-core CPU; the checkpoint records this grid and inference uses it.
+16 x 16 x 16 voxels at 16 mm (a 256 mm cube around the lesion) and the encoder has a
+quarter of the published width, so that both models train on a 2-core CPU within
+about half an hour. The checkpoint records this grid and inference uses it.
 """
 
 stage = "coarse"
@@ -17,7 +17,7 @@ spacing = (16.0, 16.0, 16.0)
 width = 0.25
 embed_dim = 128
 
-epochs = 8
+epochs = 20
 batch_size = 32
 learning_rate = 2e-3
 lr_milestones = (6,)

@@ -1,15 +1,15 @@
 """Fine model of the demo, trained on the same phantom studies as the coarse model.
 
-Fine batches are built from the demo coarse model's top-3 predictions for each
-training lesion, so ``coarse_config.py`` must be trained first (``reproduce.sh`` does).
-The crop is 16 x 16 x 16 voxels at 8 mm (a 128 mm cube).
+The crop is 16 x 16 x 16 voxels at 8 mm (a 128 mm cube). ``reproduce.sh`` trains this
+model at the same time as the coarse one, so no coarse predictions exist yet: the
+fine batches group each anchor with the fine sites under its true coarse site and fill
+the rest at random. The published recipe also adds the sites under the coarse model's
+predictions; set ``coarse_model`` to a trained coarse checkpoint to do so.
 """
 
 stage = "fine"
 phantom_seeds = list(range(100, 110))
 phantom_lesions = 150
-coarse_model = "runs/demo/coarse/model"
-coarse_predictions_top = 3
 output_dir = "runs/demo/fine"
 # The phantom places lesions in about 300 of the fine sites; prompts of the others were
 # never trained against an image, so the checkpoint keeps only the trained ones.
@@ -20,7 +20,7 @@ spacing = (8.0, 8.0, 8.0)
 width = 0.25
 embed_dim = 128
 
-epochs = 8
+epochs = 20
 batch_size = 32
 learning_rate = 2e-3
 lr_milestones = (6,)

@@ -172,7 +172,11 @@ def export_model(
         text_encoder=MINILM_TEXT_ENCODER,
         training=training_summary(config, lesions, trainer.history),
     )
-    return save_checkpoint(Path(config.output_dir) / MODEL_DIR, model.image_encoder.cpu(), prompt_embeddings, metadata)
+    # The projection lets inference re-encode a site whose description changes later.
+    projection = {key: value.cpu() for key, value in model.text_projection.state_dict().items()}
+    return save_checkpoint(
+        Path(config.output_dir) / MODEL_DIR, model.image_encoder.cpu(), prompt_embeddings, metadata, projection
+    )
 
 
 def run_training(
