@@ -513,7 +513,7 @@ class StorageSCP:
         try:
             result = self.store.store(event.encoded_dataset(), identity, calling)
         except SeriesInOtherStudyError as exc:
-            return self._fail(event, STATUS_CANNOT_UNDERSTAND, str(exc))
+            return self._fail(event, STATUS_CANNOT_UNDERSTAND, REASON_INVALID, str(exc))
         except SpoolFullError as exc:
             return self._fail(
                 event, STATUS_OUT_OF_RESOURCES, REASON_OUT_OF_RESOURCES, str(exc), error=True
