@@ -51,7 +51,7 @@ def send_files(
     called_ae_title: str,
     calling_ae_title: str = "HCLALSEND",
     on_sent: Callable[[SentFile], None] | None = None,
-    dimse_timeout: float = 120.0,
+    dimse_timeout: float = 30.0,
     attempts: int = 3,
 ) -> list[SentFile]:
     """Send every file, proposing each file's own SOP class and transfer syntax.
