@@ -185,6 +185,14 @@ class Settings(BaseSettings):
             raise ValueError("must be 'enhanced' or 'comprehensive'")
         return value
 
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        lowered = value.strip().lower()
+        if lowered in ("auto", "cpu", "cuda") or (lowered.startswith("cuda:") and lowered[5:].isdigit()):
+            return lowered
+        raise ValueError("must be auto, cpu, cuda or cuda:N (N the GPU index)")
+
     @field_validator("log_level")
     @classmethod
     def _check_log_level(cls, value: str) -> str:

@@ -150,6 +150,9 @@ def run_demo(output_dir: Path, seed: int, lesions: int, progress=None, timeout: 
 
     say = progress or (lambda text: None)
     started = time.monotonic()
+    if output_dir.exists() and any(output_dir.iterdir()):
+        # The same seed gives the same UIDs, which the worker would take as duplicates.
+        raise DemoError(f"output folder {output_dir} is not empty; pass a new or empty folder to --output")
     output_dir.mkdir(parents=True, exist_ok=True)
 
     pacs = ReceivingPacs(output_dir / "pacs")

@@ -59,3 +59,24 @@ def checkpoint_hashes(localizer: "Localizer") -> list[str]:
         if ranked is not None:
             hashes.append(f"{level} sha256:{ranked.checkpoint.metadata.weights_sha256}")
     return hashes
+
+
+def check_model_files(settings: Settings) -> None:
+    """Raise ``FileNotFoundError`` naming the fix when a configured checkpoint folder is missing.
+
+    Only files are checked, so that a worker does not initialise torch or CUDA before
+    it forks.
+    """
+    from models.inference import COARSE_DIR, DEMO_MODEL_DIR, FINE_DIR
+
+    for level, configured, default in (
+        ("coarse", settings.coarse_model, DEMO_MODEL_DIR / COARSE_DIR),
+        ("fine", settings.fine_model, DEMO_MODEL_DIR / FINE_DIR),
+    ):
+        folder = configured or default
+        if not (folder / "model.json").is_file() or not (folder / "model.safetensors").is_file():
+            variable = f"HCLAL_{level.upper()}_MODEL"
+            raise FileNotFoundError(
+                f"{level} model folder {folder} has no model.json and model.safetensors; set {variable} "
+                "to a checkpoint folder, or rebuild the demo model with models/demo/reproduce.sh"
+            )

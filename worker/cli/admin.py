@@ -18,6 +18,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 
 def _engine(ctx: typer.Context):  # noqa: ANN202
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
     from worker.db.session import SchemaError, get_engine
 
     settings = settings_of(ctx)
@@ -25,6 +27,10 @@ def _engine(ctx: typer.Context):  # noqa: ANN202
         return settings, get_engine(settings.effective_database_url)
     except SchemaError as exc:
         fail(str(exc))
+    except (ArgumentError, NoSuchModuleError) as exc:
+        fail(f"invalid HCLAL_DATABASE_URL: {exc}; use postgresql+psycopg://USER@HOST/DB or sqlite:///PATH")
+    except OperationalError as exc:
+        fail(f"cannot reach the database: {str(exc.orig).splitlines()[0]}; check HCLAL_DATABASE_URL")
 
 
 def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:

@@ -53,6 +53,7 @@ def scp_command(
     from worker.completeness import QuietPeriodMonitor  # noqa: PLC0415
     from worker.db.session import SchemaError  # noqa: PLC0415
     from worker.metrics import serve_metrics  # noqa: PLC0415
+    from worker.localizer_cache import check_model_files  # noqa: PLC0415
     from worker.queue import requeue_unfinished  # noqa: PLC0415
 
     settings = settings_of(ctx, scp_host=host, scp_port=port, ae_title=ae_title, metrics_port=metrics_port)
@@ -60,6 +61,11 @@ def scp_command(
     if settings.log_level != "DEBUG":
         # pynetdicom logs several INFO lines per C-STORE; the SCP logs one per association.
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+    try:
+        check_model_files(settings)
+    except FileNotFoundError as exc:
+        fail(str(exc))
 
     try:
         scp = create_scp(settings)

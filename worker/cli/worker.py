@@ -51,12 +51,18 @@ def worker_command(
     from worker.celery_app import get_celery_app
     from worker.db.session import get_engine
     from worker.db.session import SchemaError
+    from worker.localizer_cache import check_model_files
     from worker.metrics import serve_metrics
 
     try:
         get_engine(settings.effective_database_url)
     except SchemaError as exc:
         fail(str(exc))
+    if "localize" in selected:
+        try:
+            check_model_files(settings)
+        except FileNotFoundError as exc:
+            fail(str(exc))
     serve_metrics(metrics_port or settings.metrics_port, metrics_host)
     app = get_celery_app(settings)
     LOGGER.info("worker %s starting on queues %s with pool %s x%d", name, ",".join(selected), chosen_pool, concurrency)
