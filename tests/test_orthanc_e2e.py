@@ -47,7 +47,7 @@ QUERY_AE_TITLE = "FINDSCU"
 
 
 @pytest.fixture
-def hospital(tmp_path: Path, postgres_url: str, broker_url: str, tiny_models, worker_processes):  # noqa: ANN001, ANN201
+def hospital(tmp_path: Path, postgres_url: str, broker_url: str, worker_processes):  # noqa: ANN001, ANN201
     """Orthanc, the worker's SCP process and a Celery worker process, wired to each other."""
     scp_port = free_port()
     pacs = start_orthanc(
@@ -59,15 +59,13 @@ def hospital(tmp_path: Path, postgres_url: str, broker_url: str, tiny_models, wo
         aet=PACS_AE_TITLE,
     )
     try:
-        coarse, fine = tiny_models
+        # The shipped demo model: HCLAL_COARSE_MODEL and HCLAL_FINE_MODEL left unset.
         settings = receiver_settings(
             tmp_path / "data", postgres_url,
             scp_port=scp_port,
             ae_title=WORKER_AE_TITLE,
             allowed_calling_ae_titles=[PACS_AE_TITLE],
             broker_url=broker_url,
-            coarse_model=coarse,
-            fine_model=fine,
             destinations=[Destination(ae_title=PACS_AE_TITLE, host="127.0.0.1", port=pacs.dicom_port)],
             delivery_backoff=0.5,
             delivery_max_attempts=3,
@@ -172,15 +170,18 @@ def test_orthanc_forward_reported_once(tmp_path, phantom_study, hospital, broker
     ok, output = validate([stored_path])
     assert ok, output
 
-    # Findings: one per true lesion, coded as the vocabulary codes the predicted site.
-    # NOTE: the random-weight test models predict arbitrary sites, so this checks the
-    # stored codes against the predicted site ids, not the phantom's true sites.
+    # Findings: one per true lesion, coded as the vocabulary codes the predicted site; where
+    # the demo model names the true site, the row holds the phantom's true code.
     truth = json.loads((phantom_study / "truth.json").read_text())["lesions"]
     assert sorted(findings) == sorted(lesion["segment_number"] for lesion in truth)
     vocabulary = load_vocabulary()
     for segment_number, (site_id, code_value, code_scheme) in findings.items():
         site = vocabulary.site(site_id)
         assert (code_value, code_scheme) == (site.code.value, site.code.scheme), segment_number
+    for lesion in truth:
+        site_id, code_value, code_scheme = findings[lesion["segment_number"]]
+        if site_id == lesion["site_id"]:
+            assert (code_value, code_scheme) == (lesion["code"]["value"], lesion["code"]["scheme"])
     assert count_rows(engine, Finding) == len(truth)
 
     # Forwarding the same study again stores nothing new and queues nothing.
