@@ -237,3 +237,27 @@ def test_broken_study_fails_with_reason(tmp_path, sqlite_url, phantom_study, tin
         assert analysis.error
     assert count(engine, Report) == 0
     seg_file.write_bytes(kept)
+
+
+def test_requeue_command_reports_new_run(tmp_path, sqlite_url, phantom_study, tiny_models, pacs):
+    from typer.testing import CliRunner
+
+    from worker.cli import app
+    from worker.db.session import get_engine
+
+    settings = make_settings(tmp_path, sqlite_url, tiny_models, [pacs.destination])
+    analysis_id = receive_study(settings, phantom_study)[0]
+    run_analysis(settings, analysis_id)
+    coarse, fine = tiny_models
+    env = {
+        "HCLAL_DATA_DIR": str(settings.data_dir), "HCLAL_DATABASE_URL": sqlite_url,
+        "HCLAL_COARSE_MODEL": str(coarse), "HCLAL_FINE_MODEL": str(fine),
+        "HCLAL_DESTINATIONS": json.dumps([pacs.destination.model_dump()]),
+    }
+    result = CliRunner().invoke(app, ["admin", "requeue", str(analysis_id), "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.output)[0]
+    assert row["previous_analysis_id"] == analysis_id
+    assert row["state"] == "delivered"
+    with session_scope(get_engine(sqlite_url)) as session:
+        assert session.get(Analysis, row["analysis_id"]).state == AnalysisState.DELIVERED

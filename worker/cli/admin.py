@@ -140,6 +140,7 @@ def requeue_command(
 ) -> None:
     """Analyse the study of ANALYSIS_ID again; the new report supersedes the old one."""
     from worker.admin import AdminError, create_requeued_analysis
+    from worker.db.models import Analysis, AnalysisState
     from worker.db.session import session_scope
     from worker.queue import enqueue_analysis, wait_for_in_process_tasks
 
@@ -150,9 +151,16 @@ def requeue_command(
     except AdminError as exc:
         fail(str(exc))
     enqueue_analysis(settings, new_id)
+    state = "queued"
     if not settings.broker_url:
+        # Without a broker the analysis ran in this process; report how it ended.
         wait_for_in_process_tasks(settings)
-    _print_rows([{"requeued": analysis_id, "analysis_id": new_id}], as_json, "requeue")
+        with session_scope(engine) as session:
+            analysis = session.get(Analysis, new_id)
+            state, error = analysis.state.value, analysis.error
+        if state == AnalysisState.FAILED.value:
+            fail(f"analysis {new_id} (a new run of analysis {analysis_id}) failed: {error}")
+    _print_rows([{"previous_analysis_id": analysis_id, "analysis_id": new_id, "state": state}], as_json, "requeue")
 
 
 def register(app: typer.Typer) -> None:
