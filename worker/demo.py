@@ -76,7 +76,7 @@ class ReceivingPacs:
 
 @dataclass(frozen=True)
 class DemoResult:
-    """What the demo produced: one row per lesion and the files written."""
+    """Result of a demo run: one row per lesion and the files written."""
 
     rows: list[dict]
     report_path: Path

@@ -27,7 +27,6 @@ from worker.db.models import (
     Lesion,
     Report,
     Series,
-    Study,
     StudyState,
     utcnow,
 )
@@ -40,12 +39,12 @@ FINAL_STATES = {AnalysisState.REPORTED, AnalysisState.DELIVERED, AnalysisState.D
 
 
 class AnalysisError(RuntimeError):
-    """The study cannot be analysed; the message says why and is stored in ``analysis.error``."""
+    """The study cannot be analysed; the message gives the reason and is stored in ``analysis.error``."""
 
 
 @dataclass(frozen=True)
 class AnalysisContext:
-    """What the pipeline reads from the database before it starts the heavy work."""
+    """Database facts the pipeline reads before it starts the heavy work."""
 
     analysis_id: int
     study_instance_uid: str

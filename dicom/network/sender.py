@@ -75,7 +75,7 @@ def send_files(
         contexts[key] = build_context(*key)
     ae = AE(ae_title=calling_ae_title)
     ae.requested_contexts = [build_context(Verification), *contexts.values()][:128]
-    # A busy receiver (fsync of every instance) can take seconds to answer.
+    # A busy receiver (fsync of every instance) can take seconds to respond.
     ae.dimse_timeout = dimse_timeout
     ae.network_timeout = dimse_timeout
 
@@ -118,7 +118,7 @@ def _send_over_one_association(
                 raise _ResponseMissing(f"no C-STORE response for {header.SOPInstanceUID} from {called_ae_title}")
             code = int(status.Status)
             if code != SUCCESS and (code >> 12) != 0xB:
-                raise SendError(f"{called_ae_title} answered status 0x{code:04X} to {header.SOPInstanceUID}")
+                raise SendError(f"{called_ae_title} returned status 0x{code:04X} for {header.SOPInstanceUID}")
             item = SentFile(path, str(header.SOPInstanceUID), code)
             sent.append(item)
             if on_sent is not None:
