@@ -2,11 +2,13 @@
 
 Sends CT slices (default 500 of 512 x 512, 16 bit) with DCMTK ``storescu``
 (``TCP_NODELAY=1`` in its environment) to ``storescp +B`` (bit preserving, one
-process per association with ``--fork``, no fsync) and to ``hclal scp`` (SQLite
-in a temporary folder, fsync before each response), first on one association,
-then split over parallel associations. Runs alternate between the two SCPs and
-the best of ``--repeats`` counts. Prints one JSON line with images/s of each and
-the ratio hclal / storescp. Run from the repository root::
+process per association with ``--fork``, no fsync), to ``hclal scp`` (SQLite in
+a temporary folder, fsync before each response) and to the plainest pynetdicom
+SCP (``plain_pynetdicom_scp.py``: no checks, no fsync, no database), first on one
+association, then split over parallel associations. Runs alternate between the
+SCPs and the best of ``--repeats`` counts. Prints one JSON line with images/s of
+each, the ratio hclal / storescp and the ratio hclal / plain pynetdicom. Run from
+the repository root::
 
     nice -n 10 python bench/ingest.py [--images 500] [--parallel 4] [--database-url URL]
 """
@@ -102,6 +104,15 @@ def start_storescp(folder: Path, port: int) -> subprocess.Popen:
     )
 
 
+def start_plain_pynetdicom(folder: Path, port: int) -> subprocess.Popen:
+    script = Path(__file__).with_name("plain_pynetdicom_scp.py")
+    return subprocess.Popen(
+        [sys.executable, str(script), str(port), str(folder)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def start_hclal(folder: Path, port: int, database_url: str | None) -> subprocess.Popen:
     environment = {
         **os.environ,
@@ -171,15 +182,20 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="hclal-bench-") as temporary:
         root = Path(temporary)
-        storescp_port, hclal_port = free_port(), free_port()
+        storescp_port, hclal_port, plain_port = free_port(), free_port(), free_port()
         servers = [
             start_storescp(root / "storescp", storescp_port),
             start_hclal(root / "hclal", hclal_port, arguments.database_url),
+            start_plain_pynetdicom(root / "plain", plain_port),
         ]
         try:
-            wait_for_echo(storescp_port, "STORESCP", servers[0])
-            wait_for_echo(hclal_port, "HCLAL", servers[1])
-            targets = {"storescp": (storescp_port, "STORESCP"), "hclal": (hclal_port, "HCLAL")}
+            targets = {
+                "storescp": (storescp_port, "STORESCP"),
+                "hclal": (hclal_port, "HCLAL"),
+                "plain_pynetdicom": (plain_port, "PLAINSCP"),
+            }
+            for server, (port, called) in zip(servers, targets.values(), strict=True):
+                wait_for_echo(port, called, server)
             best = best_rates(
                 targets,
                 arguments.repeats,
@@ -195,6 +211,7 @@ def main() -> None:
 
     storescp_single, storescp_parallel = best["storescp"]
     hclal_single, hclal_parallel = best["hclal"]
+    plain_single, plain_parallel = best["plain_pynetdicom"]
     print(
         json.dumps(
             {
@@ -210,6 +227,10 @@ def main() -> None:
                 "hclal_parallel_images_per_s": round(hclal_parallel, 1),
                 "parallel_ratio": round(hclal_parallel / storescp_parallel, 3),
                 "hclal_parallel_speedup": round(hclal_parallel / hclal_single, 3),
+                "plain_pynetdicom_images_per_s": round(plain_single, 1),
+                "plain_pynetdicom_ratio": round(plain_single / storescp_single, 3),
+                "hclal_to_plain_pynetdicom": round(hclal_single / plain_single, 3),
+                "plain_pynetdicom_parallel_images_per_s": round(plain_parallel, 1),
                 "database": "postgresql" if arguments.database_url else "sqlite",
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             }

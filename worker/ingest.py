@@ -186,19 +186,20 @@ class InstanceStore:
         sqlalchemy.exc.SQLAlchemyError
             If the rows cannot be committed; the new file is removed again.
         """
-        digest = sha256_of(data)
         path = self.spool.path_for(
             identity.study_instance_uid, identity.series_instance_uid, identity.sop_instance_uid
         )
         with self._sop_lock(identity.sop_instance_uid):
             # A file at the instance's path means it was probably stored before. Checking
             # the file instead of the database keeps a query off the path of new instances.
+            digest = None
             if path.exists():
+                digest = sha256_of(data)
                 stored = self._compare_with_stored(data, digest, identity, calling_ae_title, path)
                 if stored is not None:
                     return stored
 
-            spooled = self.spool.write(data, path)
+            spooled = self.spool.write(data, path, digest)
             try:
                 was_receiving = self._write(
                     lambda connection: self._insert_rows(
@@ -208,7 +209,9 @@ class InstanceStore:
             except IntegrityError:
                 # The SOP Instance UID is stored under another study or series path.
                 self.spool.remove(spooled.path)
-                stored = self._compare_with_stored(data, digest, identity, calling_ae_title, path)
+                stored = self._compare_with_stored(
+                    data, spooled.sha256, identity, calling_ae_title, path
+                )
                 if stored is None:
                     raise
                 return stored
@@ -219,7 +222,9 @@ class InstanceStore:
             except BaseException:
                 self.spool.remove(spooled.path)
                 raise
-        return StoreResult(StoreOutcome.STORED, identity, spooled.path, digest, was_receiving)
+        return StoreResult(
+            StoreOutcome.STORED, identity, spooled.path, spooled.sha256, was_receiving
+        )
 
     def _compare_with_stored(
         self,

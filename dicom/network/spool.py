@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,10 @@ PARTIAL_SUFFIX = ".part"
 
 # errno values that mean the file system cannot take more data.
 _NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+# hashlib and file writes release the GIL on large buffers, so a file's digest is
+# computed on one of these threads while the file itself is written and flushed.
+_HASHING = ThreadPoolExecutor(max_workers=4, thread_name_prefix="spool-sha256")
 
 
 class SpoolFullError(OSError):
@@ -85,8 +90,11 @@ class Spool:
             / f"{check_uid_path_component(sop_instance_uid, 'SOPInstanceUID')}.dcm"
         )
 
-    def write(self, data: bytes, destination: Path) -> SpooledFile:
+    def write(self, data: bytes, destination: Path, sha256: str | None = None) -> SpooledFile:
         """Write ``data`` to ``destination`` atomically, replacing a file already there.
+
+        ``sha256`` is the digest of ``data`` if the caller has it already; otherwise it
+        is computed while the file is written.
 
         Raises
         ------
@@ -95,6 +103,7 @@ class Spool:
         OSError
             For any other file system error; nothing is left behind.
         """
+        hashing = _HASHING.submit(sha256_of, data) if sha256 is None else None
         destination.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(
             dir=destination.parent, prefix=f".{destination.name}.", suffix=PARTIAL_SUFFIX
@@ -114,7 +123,9 @@ class Spool:
 
         if self.fsync:
             _fsync_folder(destination.parent)
-        return SpooledFile(destination, len(data), sha256_of(data))
+        if hashing is not None:
+            sha256 = hashing.result()
+        return SpooledFile(destination, len(data), sha256)
 
     def write_instance(
         self, data: bytes, study_uid: str, series_uid: str, sop_instance_uid: str
@@ -131,7 +142,7 @@ class Spool:
         digest = sha256_of(data)
         uid = check_uid_path_component(sop_instance_uid, "SOPInstanceUID")
         destination = self.root / CONFLICTS_FOLDER / f"{uid}.{digest[:16]}.dcm"
-        return self.write(data, destination)
+        return self.write(data, destination, digest)
 
     def remove_partial_files(self) -> int:
         """Delete the ``.part`` files that a crash left mid-write; return how many.
