@@ -64,7 +64,12 @@ class _Series:
         return str(self.first.get("FrameOfReferenceUID", ""))
 
 
-def load_study(paths: Iterable[str | Path], *, one_lesion_per_segment: bool = False) -> StudyInputs:
+def load_study(
+    paths: Iterable[str | Path],
+    *,
+    seg_series_uid: str | None = None,
+    one_lesion_per_segment: bool = False,
+) -> StudyInputs:
     """Load the CT, PET and lesions of one study from files or folders.
 
     Parameters
@@ -72,6 +77,9 @@ def load_study(paths: Iterable[str | Path], *, one_lesion_per_segment: bool = Fa
     paths
         DICOM files, or folders searched recursively. Files that are not
         DICOM are skipped with a debug log line.
+    seg_series_uid
+        The SEG series to measure, e.g. the one whose references completed the
+        study. By default the SEG with the newest content date and time.
     one_lesion_per_segment
         Measure each segment as one lesion instead of one lesion per
         26-connected component.
@@ -79,7 +87,8 @@ def load_study(paths: Iterable[str | Path], *, one_lesion_per_segment: bool = Fa
     Raises
     ------
     StudyError
-        If there is no SEG or no CT, or the instances span several studies.
+        If there is no SEG (or not the one named) or no CT, or the instances span
+        several studies.
     dicom.volume.SeriesError, dicom.seg.SegmentationError
         If a chosen series or the SEG cannot be used.
     """
@@ -87,7 +96,7 @@ def load_study(paths: Iterable[str | Path], *, one_lesion_per_segment: bool = Fa
     _check_single_study(series)
     choices: dict[str, dict[str, str]] = {}
 
-    seg_series = _choose_seg(series, choices)
+    seg_series = _choose_seg(series, choices, seg_series_uid)
     seg = read_segmentation(Path(seg_series.first.filename))
     pet_series = _choose_pet(series, choices)
     ct_series = _choose_ct(series, seg, pet_series, choices)
@@ -159,16 +168,27 @@ def _check_single_study(series: Sequence[_Series]) -> None:
         raise StudyError(f"the files belong to {len(studies)} studies ({sorted(studies)}); pass one study")
 
 
-def _choose_seg(series: Sequence[_Series], choices: dict[str, dict[str, str]]) -> _Series:
+def _choose_seg(
+    series: Sequence[_Series], choices: dict[str, dict[str, str]], seg_series_uid: str | None
+) -> _Series:
     candidates = [item for item in series if item.modality == MODALITY_SEG]
     if not candidates:
         raise StudyError("the study has no SEG (Segmentation) series, so there are no lesions to measure")
-    newest = max(candidates, key=_content_time)
-    reason = "the only SEG" if len(candidates) == 1 else f"newest content date/time of {len(candidates)} SEGs"
-    if len(newest.headers) > 1:
-        reason += f"; first of {len(newest.headers)} SEG instances in the series"
-    _record(choices, "seg", newest.uid, reason)
-    return newest
+    if seg_series_uid is not None:
+        chosen = next((item for item in candidates if item.uid == seg_series_uid), None)
+        if chosen is None:
+            raise StudyError(
+                f"SEG series {seg_series_uid} is not among the study's files "
+                f"(SEG series found: {', '.join(sorted(item.uid for item in candidates))})"
+            )
+        reason = "the SEG series named for this analysis"
+    else:
+        chosen = max(candidates, key=_content_time)
+        reason = "the only SEG" if len(candidates) == 1 else f"newest content date/time of {len(candidates)} SEGs"
+    if len(chosen.headers) > 1:
+        reason += f"; first of {len(chosen.headers)} SEG instances in the series"
+    _record(choices, "seg", chosen.uid, reason)
+    return chosen
 
 
 def _choose_pet(series: Sequence[_Series], choices: dict[str, dict[str, str]]) -> _Series | None:

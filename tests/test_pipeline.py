@@ -258,3 +258,65 @@ def test_requeue_command_reports_new_run(tmp_path, sqlite_url, phantom_study, ti
     assert row["state"] == "delivered"
     with session_scope(get_engine(sqlite_url)) as session:
         assert session.get(Analysis, row["analysis_id"]).state == AnalysisState.DELIVERED
+
+
+def newer_seg_folder(study: Path, folder: Path) -> tuple[str, str]:
+    """Write a copy of the study's SEG as a new, newer series; return (old, new) series UIDs."""
+    from pydicom.uid import generate_uid
+
+    seg_file = next(
+        path for path in dicom_files(study)
+        if pydicom.dcmread(path, stop_before_pixels=True).Modality == "SEG"
+    )
+    seg = pydicom.dcmread(seg_file)
+    old_uid = str(seg.SeriesInstanceUID)
+    seg.SeriesInstanceUID = generate_uid()
+    seg.SOPInstanceUID = seg.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    seg.ContentDate = str(int(seg.ContentDate) + 1)
+    folder.mkdir()
+    seg.save_as(folder / "seg.dcm")
+    return old_uid, str(seg.SeriesInstanceUID)
+
+
+def test_analysis_measures_the_seg_it_was_queued_for(tmp_path, sqlite_url, phantom_study, tiny_models, pacs):
+    """A requeued analysis measures its own SEG even after a newer SEG arrived."""
+    from worker.admin import create_requeued_analysis
+    from worker.db.session import get_engine
+
+    settings = make_settings(tmp_path, sqlite_url, tiny_models, [pacs.destination])
+    first = receive_study(settings, phantom_study)[0]
+    run_analysis(settings, first)
+    first_seg, newer_seg = newer_seg_folder(phantom_study, tmp_path / "newer")
+    late = receive_study(settings, tmp_path / "newer")
+    engine = get_engine(settings.effective_database_url)
+    with session_scope(engine) as session:
+        again = create_requeued_analysis(session, first).id
+
+    run_analysis(settings, again)
+    run_analysis(settings, late[0])
+
+    with session_scope(engine) as session:
+        assert [session.get(Analysis, late[0]).seg_series_uid] == [newer_seg]
+        assert session.get(Analysis, late[0]).state == AnalysisState.REPORTED
+        assert session.get(Analysis, again).seg_series_uid == first_seg
+        assert session.get(Analysis, again).state == AnalysisState.REPORTED
+
+
+def test_queued_analysis_follows_a_late_seg(tmp_path, sqlite_url, phantom_study, tiny_models, pacs):
+    """A SEG arriving while the study's analysis still waits becomes that analysis's SEG."""
+    from worker.db.session import get_engine
+
+    settings = make_settings(tmp_path, sqlite_url, tiny_models, [pacs.destination])
+    first = receive_study(settings, phantom_study)[0]
+    _, newer_seg = newer_seg_folder(phantom_study, tmp_path / "newer")
+    late = receive_study(settings, tmp_path / "newer")
+
+    run_analysis(settings, first)
+
+    engine = get_engine(settings.effective_database_url)
+    with session_scope(engine) as session:
+        assert late == []
+        assert count(engine, Analysis) == 1
+        analysis = session.get(Analysis, first)
+        assert analysis.seg_series_uid == newer_seg
+        assert analysis.state == AnalysisState.REPORTED

@@ -11,7 +11,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
 from dicom.seg import SegmentationError
 from dicom.study import StudyError, load_study
@@ -157,6 +159,27 @@ def test_load_study_without_seg(tmp_path: Path) -> None:
 
     with pytest.raises(StudyError, match="the study has no SEG"):
         load_study([tmp_path])
+
+
+def test_load_study_uses_the_named_seg(tmp_path: Path) -> None:
+    write_study(tmp_path)
+    older = pydicom.dcmread(next((tmp_path / "d").iterdir()))
+    newer = pydicom.dcmread(next((tmp_path / "d").iterdir()))
+    newer.SeriesInstanceUID = generate_uid()
+    newer.SOPInstanceUID = newer.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    newer.ContentDate = str(int(older.ContentDate) + 1)
+    (tmp_path / "e").mkdir()
+    newer.save_as(tmp_path / "e" / "seg.dcm")
+
+    by_default = load_study([tmp_path])
+    named = load_study([tmp_path], seg_series_uid=older.SeriesInstanceUID)
+
+    assert by_default.seg.SeriesInstanceUID == newer.SeriesInstanceUID
+    assert by_default.choices["seg"]["reason"] == "newest content date/time of 2 SEGs"
+    assert named.seg.SeriesInstanceUID == older.SeriesInstanceUID
+    assert named.choices["seg"]["reason"] == "the SEG series named for this analysis"
+    with pytest.raises(StudyError, match="SEG series 1.2.3.99 is not among the study's files"):
+        load_study([tmp_path], seg_series_uid="1.2.3.99")
 
 
 def test_load_study_seg_on_other_frame_of_reference(tmp_path: Path) -> None:

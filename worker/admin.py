@@ -167,6 +167,7 @@ def create_requeued_analysis(session: Session, analysis_id: int) -> Analysis:
     again = Analysis(
         study_id=analysis.study_id,
         trigger=f"requeue:{analysis_id}",
+        seg_series_uid=analysis.seg_series_uid,
         received_at=analysis.received_at,
         complete_at=analysis.complete_at,
     )

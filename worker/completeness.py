@@ -319,6 +319,8 @@ class CompletenessTracker:
             ).one()
             if not _may_queue(session, study, trigger):
                 return None
+            if trigger == TRIGGER_LATE_INSTANCE and _follow_newest_seg(session, study.id):
+                return None
 
             now = utcnow()
             seg_series_uid = seg_series_uid or _latest_seg_series(session, study.id)
@@ -382,12 +384,23 @@ class CompletenessTracker:
 def _may_queue(session, study: Study, trigger: str) -> bool:  # noqa: ANN001
     if trigger != TRIGGER_LATE_INSTANCE:
         return study.state == StudyState.RECEIVING
-    waiting = session.scalar(
-        select(Analysis.id).where(
-            Analysis.study_id == study.id, Analysis.state == AnalysisState.QUEUED
-        )
-    )
-    return waiting is None
+    return True
+
+
+def _follow_newest_seg(session, study_id: int) -> bool:  # noqa: ANN001
+    """Point a queued analysis of the study at its newest SEG; return whether one was waiting.
+
+    A late instance needs no second analysis while one still waits in the queue: that
+    one reads the study's files when it starts. It measures the SEG it names, so a
+    SEG that arrived late becomes its SEG.
+    """
+    waiting = session.scalars(
+        select(Analysis).where(Analysis.study_id == study_id, Analysis.state == AnalysisState.QUEUED)
+    ).first()
+    if waiting is None:
+        return False
+    waiting.seg_series_uid = _latest_seg_series(session, study_id) or waiting.seg_series_uid
+    return True
 
 
 def _latest_seg_series(session, study_id: int) -> str | None:  # noqa: ANN001

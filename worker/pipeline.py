@@ -50,6 +50,8 @@ class AnalysisContext:
     study_instance_uid: str
     file_paths: list[Path]
     predecessor: Report | None
+    # The SEG whose references completed the study (or the newest one at the quiet period).
+    seg_series_uid: str | None = None
 
 
 def run_analysis(settings: Settings, analysis_id: int) -> int | None:
@@ -97,7 +99,13 @@ def _start(engine, analysis_id: int) -> AnalysisContext | int:  # noqa: ANN001
             select(Instance.file_path).join(Series).where(Series.study_id == study.id)
         ).all()
         predecessor = _previous_report(session, study.id, analysis_id)
-        return AnalysisContext(analysis_id, study.study_instance_uid, [Path(p) for p in paths], predecessor)
+        return AnalysisContext(
+            analysis_id,
+            study.study_instance_uid,
+            [Path(p) for p in paths],
+            predecessor,
+            analysis.seg_series_uid,
+        )
 
 
 def _analyse(settings: Settings, engine, context: AnalysisContext) -> int | None:  # noqa: ANN001
@@ -109,7 +117,7 @@ def _analyse(settings: Settings, engine, context: AnalysisContext) -> int | None
         "analysis %d: loading study %s from %d files",
         context.analysis_id, context.study_instance_uid, len(context.file_paths),
     )
-    inputs = load_study(context.file_paths)
+    inputs = load_study(context.file_paths, seg_series_uid=context.seg_series_uid)
     _stamp(engine, context.analysis_id, "lesions_extracted_at", inputs=inputs)
 
     localizer = get_localizer(settings)
