@@ -40,8 +40,9 @@ from dicom.network.scp import (
     STATUS_SUCCESS,
     accepted_transfer_syntaxes,
 )
+from dicom.network.spool import Spool
 from tests.support.dcmtk import require_dcmtk_tool
-from tests.support.dicom_factory import ct_series, dataset_bytes, write, write_all
+from tests.support.dicom_factory import ct_series, dataset_bytes, encoded, write, write_all
 from tests.support.receiver import (
     Receiver,
     file_size_limit,
@@ -52,6 +53,7 @@ from tests.support.receiver import (
 )
 from worker.config import Settings
 from worker.db.models import Event, Instance, Series, Study
+from worker.db.session import get_engine
 
 # Transfer syntax -> storescu option that proposes it (None: sent with pynetdicom).
 STORESCU_PROPOSALS = {
@@ -461,6 +463,14 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
         "HCLAL_DATA_DIR": str(tmp_path / "data"),
         "HCLAL_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.sqlite3'}",
     }
+    # A file that a power failure left in the spool without its database row.
+    unrecorded = ct_series(1)[0]
+    Spool(tmp_path / "data" / "spool").write_instance(
+        encoded(unrecorded),
+        unrecorded.StudyInstanceUID,
+        unrecorded.SeriesInstanceUID,
+        unrecorded.SOPInstanceUID,
+    )
     command = scp_command(port, "CLITEST")
     process = subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, text=True)
     try:
@@ -484,6 +494,11 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
     assert f"storage SCP CLITEST listening on 127.0.0.1:{port}" in stderr
     assert "received SIGTERM, stopping" in stderr
     assert "storage SCP CLITEST stopped" in stderr
+    assert "recorded 1 spool files that had no instance row (of 1 checked)" in stderr
+    engine = get_engine(environment["HCLAL_DATABASE_URL"])
+    with engine.connect() as connection:
+        recorded = connection.scalars(select(Instance.sop_instance_uid)).all()
+    assert recorded == [unrecorded.SOPInstanceUID]
 
 
 def test_cli_reports_port_in_use(tmp_path: Path, sqlite_url: str) -> None:

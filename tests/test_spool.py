@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -189,3 +191,74 @@ def test_partial_files_removed_at_start(tmp_path: Path) -> None:
     assert removed == 1
     assert not partial.exists()
     assert kept.path.read_bytes() == b"complete"
+
+
+def write_without_row(store: InstanceStore, ds) -> Path:  # noqa: ANN001
+    """Spool ``ds`` as a crash would leave it: the file written, no row committed."""
+    identity = identity_of(ds)
+    spooled = store.spool.write_instance(
+        encoded(ds), identity.study_instance_uid, identity.series_instance_uid, identity.sop_instance_uid
+    )
+    return spooled.path
+
+
+def test_unrecorded_files_get_rows(database_url: str, tmp_path: Path) -> None:
+    engine = get_engine(database_url, auto_migrate=True)
+    store = InstanceStore(engine, Spool(tmp_path / "spool"))
+    first, second = ct_series(2)
+    store.store(encoded(first), identity_of(first), "A")
+    identity = identity_of(second)
+    write_without_row(store, second)
+
+    assert store.record_unrecorded_files() == 1
+    assert store.record_unrecorded_files() == 0
+
+    with engine.connect() as connection:
+        row = connection.execute(
+            select(Instance).where(Instance.sop_instance_uid == identity.sop_instance_uid)
+        ).one()
+    assert row.sha256 == sha256_of(encoded(second))
+    assert row.calling_ae_title is None
+    assert count(engine, Instance) == 2
+    assert count(engine, Series) == 1
+
+
+def test_unreadable_spool_file_left_alone(sqlite_url: str, tmp_path: Path) -> None:
+    engine = get_engine(sqlite_url, auto_migrate=True)
+    store = InstanceStore(engine, Spool(tmp_path / "spool"))
+    junk = store.spool.path_for("1.2.3", "1.2.3.4", "1.2.3.4.5")
+    junk.parent.mkdir(parents=True)
+    junk.write_bytes(b"not a DICOM file")
+    misplaced_source = ct_series(1)[0]
+    misplaced = store.spool.path_for("1.2.3", "1.2.3.4", "1.2.3.4.6")
+    misplaced.write_bytes(encoded(misplaced_source))
+
+    assert store.record_unrecorded_files() == 0
+    assert junk.exists()
+    assert misplaced.exists()
+    assert count(engine, Instance) == 0
+
+
+def test_old_spool_files_not_rechecked(sqlite_url: str, tmp_path: Path) -> None:
+    engine = get_engine(sqlite_url, auto_migrate=True)
+    store = InstanceStore(engine, Spool(tmp_path / "spool"))
+    recent, old = ct_series(2)
+    store.store(encoded(recent), identity_of(recent), "A")
+    path = write_without_row(store, old)
+    an_hour_ago = time.time() - 3600
+    os.utime(path, (an_hour_ago, an_hour_ago))
+
+    assert store.record_unrecorded_files() == 0
+    assert count(engine, Instance) == 1
+
+
+def test_sqlite_commits_flush_after_a_store(sqlite_url: str, tmp_path: Path) -> None:
+    engine = get_engine(sqlite_url, auto_migrate=True)
+    store = InstanceStore(engine, Spool(tmp_path / "spool"))
+    ds = ct_series(1)[0]
+
+    store.store(encoded(ds), identity_of(ds), "A")
+
+    full = 2
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == full

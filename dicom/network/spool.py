@@ -17,6 +17,7 @@ import logging
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,6 +157,26 @@ class Spool:
             LOGGER.warning("removed %d partial files left in the spool %s", len(partial), self.root)
         return len(partial)
 
+    def instance_files(self, modified_since: float | None = None) -> Iterator[Path]:
+        """Yield the instance files of the Study/Series/SOP layout, optionally only recent ones.
+
+        ``modified_since`` is a POSIX time; files last modified before it are skipped.
+        Partial files and the ``conflicts`` folder are left out.
+        """
+        for study in _subfolders(self.root):
+            if study.name == CONFLICTS_FOLDER:
+                continue
+            for series in _subfolders(Path(study.path)):
+                with os.scandir(series.path) as entries:
+                    for entry in entries:
+                        if entry.name.startswith(".") or not entry.name.endswith(".dcm"):
+                            continue
+                        if not entry.is_file(follow_symlinks=False):
+                            continue
+                        if modified_since is not None and entry.stat().st_mtime < modified_since:
+                            continue
+                        yield Path(entry.path)
+
     def remove(self, path: Path) -> None:
         """Delete a spooled file, e.g. after its database row could not be committed."""
         _remove_quietly(path)
@@ -168,6 +189,11 @@ def _fsync_folder(folder: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def _subfolders(folder: Path) -> list[os.DirEntry]:
+    with os.scandir(folder) as entries:
+        return [entry for entry in entries if entry.is_dir(follow_symlinks=False)]
 
 
 def _remove_quietly(path: Path) -> None:

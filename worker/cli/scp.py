@@ -70,12 +70,17 @@ def scp_command(
     try:
         scp = create_scp(settings)
         scp.store.spool.remove_partial_files()
+        recorded = scp.store.record_unrecorded_files()
         resumed = scp.tracker.resume()
     except SchemaError as exc:
         fail(str(exc))
     except OperationalError as exc:
         fail(f"cannot reach the database: {exc.orig}; check HCLAL_DATABASE_URL")
-    LOGGER.info("resumed %d SEG instances of studies still receiving", resumed)
+    LOGGER.info(
+        "recorded %d unrecorded spool files; resumed %d SEG instances of studies still receiving",
+        recorded,
+        resumed,
+    )
     requeue_unfinished(settings)
 
     try:

@@ -29,6 +29,8 @@ def _enable_sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    # Every commit reaches the disk, except the SCP's instance rows (see worker.ingest).
+    cursor.execute("PRAGMA synchronous=FULL")
     cursor.close()
 
 
