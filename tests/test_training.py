@@ -291,7 +291,7 @@ def small_run(tmp_path: Path, epochs: int) -> ContrastiveTrainer:
     site_ids = sorted({label.coarse_id for label in labels})
     config = TrainingConfig(
         stage="coarse", output_dir=tmp_path / "run", phantom_seeds=[0], crop_size=(16, 16, 16),
-        width=0.25, epochs=epochs, batch_size=4, batches_per_epoch=6, learning_rate=1e-3,
+        width=0.25, epochs=epochs, batch_size=4, batches_per_epoch=16, learning_rate=1e-3,
         save_every=2, device="cpu",
     )
     generator = torch.Generator().manual_seed(1)
@@ -308,8 +308,10 @@ def test_short_training_lowers_loss(tmp_path: Path):
 
     history = trainer.train()
 
+    # With 4 crops per batch and logit scale 100 the loss of one epoch is noisy, so each
+    # epoch has 16 batches: the loss then falls by 45 to 65 % for the seeds tried.
     assert len(history.loss) == 6
-    assert history.loss[-1] < 0.8 * history.loss[0]
+    assert history.loss[-1] < 0.7 * history.loss[0]
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
     assert (tmp_path / "run" / "accuracy.png").stat().st_size > 1000
     assert (tmp_path / "run" / "training_state.pt").is_file()
