@@ -273,7 +273,7 @@ class PrecomputedCropDataset(Dataset):
     Parameters
     ----------
     crops : torch.Tensor
-        ``(lesions, copies, channels, z, y, x)`` crops, any float dtype; items are float32.
+        ``(lesions, copies, channels, z, y, x)`` crops of any float dtype. Items are float32.
     labels : sequence of SampleLabels
         Labels of the lesions, in the order of ``crops``.
     seed : int
@@ -282,7 +282,9 @@ class PrecomputedCropDataset(Dataset):
 
     def __init__(self, crops: torch.Tensor, labels: Sequence[SampleLabels], seed: int = 0) -> None:
         if crops.ndim != 6 or crops.shape[0] != len(labels):
-            raise ValueError(f"expected crops of shape (lesions={len(labels)}, copies, channels, z, y, x), got {tuple(crops.shape)}")
+            raise ValueError(
+                f"invalid crops shape {tuple(crops.shape)}: expected (lesions={len(labels)}, copies, channels, z, y, x)"
+            )
         self.crops = crops
         self._labels = list(labels)
         self.seed = seed

@@ -87,7 +87,7 @@ def phantom_lesions(
 class CropRequest:
     """Crops to precompute for every lesion: the grid, how many copies and their augmentation.
 
-    Copy 0 is never augmented, so it equals the crop that inference takes; copies 1 and up
+    Copy 0 is never augmented, so it equals the crop that inference takes. Copies 1 and up
     each draw their own random jitter, rotation and scale from ``augmentation``.
     """
 
