@@ -19,13 +19,13 @@ prompt_sites = "trained"
 
 crop_size = (16, 16, 16)
 spacing = (8.0, 8.0, 8.0)
-width = 0.25
+width = 0.5
 embed_dim = 128
 
-epochs = 12
+epochs = 16
 batch_size = 32
 learning_rate = 2e-3
-lr_milestones = (8, 11)
+lr_milestones = (11, 14)
 skip_top = 5
 related_fraction = 0.8
 
