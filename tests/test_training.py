@@ -259,6 +259,13 @@ def test_config_file_wrong_stage(tmp_path: Path):
         load_training_config(path, stage="coarse")
 
 
+def test_config_crop_copies_needs_phantoms():
+    with pytest.raises(ConfigError, match="crop_copies applies to phantom_seeds only"):
+        TrainingConfig(stage="coarse", train_csv="train.csv", crop_copies=2)
+    with pytest.raises(ConfigError, match="crop_copies must be >= 0"):
+        TrainingConfig(stage="coarse", phantom_seeds=[1], crop_copies=-1)
+
+
 def test_config_requires_data():
     with pytest.raises(ConfigError, match="set train_csv"):
         TrainingConfig(stage="fine")
@@ -509,7 +516,7 @@ def test_crop_x_axis_points_to_patient_left():
     shifted = replace(lesion, centre_mm=(lesion.centre_mm[0] - 8.0, *lesion.centre_mm[1:]))
     crops = LesionCropDataset([lesion, shifted], cases, spec)
 
-    # Moving the centre 8 mm (2 voxels) to the patient's right moves the lesion 2 columns up.
+    # Moving the centre 8 mm (2 voxels) to the patient's right moves the lesion 2 columns to higher indices.
     torch.testing.assert_close(crops[1][2, :, :, 2:], crops[0][2, :, :, :-2])
 
 

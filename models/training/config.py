@@ -138,6 +138,8 @@ class TrainingConfig:
              f"scale_range must be (low, high) with 0 < low <= high, got {self.scale_range}"),
             (self.regions_per_batch >= 1, f"regions_per_batch must be at least 1, got {self.regions_per_batch}"),
             (self.crop_copies >= 0, f"crop_copies must be >= 0, got {self.crop_copies}"),
+            (not (self.crop_copies and self.train_csv),
+             "crop_copies applies to phantom_seeds only; set it to 0 when training from train_csv"),
             (self.jitter_mm >= 0, f"jitter_mm must be >= 0, got {self.jitter_mm}"),
         ]
         for ok, message in checks:

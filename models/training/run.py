@@ -246,7 +246,7 @@ def run_training(
         tuple(config.scale_range), config.scale_probability,
     )
     dataset: LesionCropDataset | PrecomputedCropDataset
-    if config.crop_copies and config.train_csv is None:
+    if config.crop_copies:
         dataset = precomputed_dataset(config, vocabulary, augmentation, context)
         studies = len(config.phantom_seeds)
         loader_workers = 0
