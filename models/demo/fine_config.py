@@ -22,10 +22,10 @@ spacing = (8.0, 8.0, 8.0)
 width = 0.5
 embed_dim = 128
 
-epochs = 16
+epochs = 20
 batch_size = 32
 learning_rate = 2e-3
-lr_milestones = (11, 14)
+lr_milestones = (14, 18)
 skip_top = 5
 related_fraction = 0.8
 
