@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -258,6 +259,13 @@ def test_config_file_wrong_stage(tmp_path: Path):
         load_training_config(path, stage="coarse")
 
 
+def test_config_crop_copies_needs_phantoms():
+    with pytest.raises(ConfigError, match="crop_copies applies to phantom_seeds only"):
+        TrainingConfig(stage="coarse", train_csv="train.csv", crop_copies=2)
+    with pytest.raises(ConfigError, match="crop_copies must be >= 0"):
+        TrainingConfig(stage="coarse", phantom_seeds=[1], crop_copies=-1)
+
+
 def test_config_requires_data():
     with pytest.raises(ConfigError, match="set train_csv"):
         TrainingConfig(stage="fine")
@@ -467,3 +475,80 @@ def test_parse_seeds_ranges():
     from worker.cli.train import parse_seeds
 
     assert parse_seeds("0-3,7, 9-10") == [0, 1, 2, 3, 7, 9, 10]
+
+
+def test_training_crop_equals_inference_crop():
+    """A phantom lesion's training crop (no augmentation) is the crop the Localizer takes, voxel for voxel."""
+    pytest.importorskip("dicom.phantom.volumes")
+    from models.crop import CropSpec, StudyCropper
+    from models.demo.evaluate_heldout import study_lesions
+    from models.training.dataset import ImageGrid, LesionCropDataset
+    from models.training.phantom import phantom_lesions
+    from models.training.run import crop_spec
+    from models.vocabulary import default_vocabulary
+    from dicom.phantom.volumes import build_phantom_volumes
+
+    lesions, cases = phantom_lesions([12], 8, default_vocabulary())
+    volumes = build_phantom_volumes(12, 8)
+    ct = ImageGrid(volumes.ct_hu.astype(np.float32), volumes.ct_affine)
+    pet = ImageGrid(volumes.pet_suv, volumes.pet_affine)
+    for spacing in (16.0, 8.0):
+        config = TrainingConfig(stage="coarse", phantom_seeds=[12], crop_size=(16, 16, 16), spacing=(spacing,) * 3)
+        spec: CropSpec = crop_spec(config)
+        training = torch.stack([LesionCropDataset(lesions, cases, spec)[index] for index in range(len(lesions))])
+        inference = StudyCropper(ct, pet).crop_lesions(spec, study_lesions(volumes))
+
+        torch.testing.assert_close(training, inference, rtol=0.0, atol=1e-3)
+        # A left-right flip of the crops would not match, so the check covers orientation.
+        assert (training.flip(-1) - inference).abs().mean() > 0.05
+
+
+def test_crop_x_axis_points_to_patient_left():
+    """Crop column index grows towards the patient's left (+x in LPS), as inference expects."""
+    pytest.importorskip("dicom.phantom.volumes")
+    from models.training.dataset import LesionCropDataset
+    from models.training.phantom import phantom_lesions
+    from models.training.run import crop_spec
+    from models.vocabulary import default_vocabulary
+
+    lesions, cases = phantom_lesions([13], 4, default_vocabulary())
+    config = TrainingConfig(stage="coarse", phantom_seeds=[13], crop_size=(16, 16, 16), spacing=(4.0, 4.0, 4.0))
+    spec = crop_spec(config)
+    lesion = lesions[0]
+    shifted = replace(lesion, centre_mm=(lesion.centre_mm[0] - 8.0, *lesion.centre_mm[1:]))
+    crops = LesionCropDataset([lesion, shifted], cases, spec)
+
+    # Moving the centre 8 mm (2 voxels) to the patient's right moves the lesion 2 columns to higher indices.
+    torch.testing.assert_close(crops[1][2, :, :, 2:], crops[0][2, :, :, :-2])
+
+
+def test_precomputed_crops_match_and_augment():
+    pytest.importorskip("dicom.phantom.volumes")
+    from models.training.augment import CropAugmentation
+    from models.training.dataset import LesionCropDataset, PrecomputedCropDataset
+    from models.training.phantom import CropRequest, phantom_lesions, precomputed_phantom_crops
+    from models.training.run import crop_spec
+    from models.vocabulary import default_vocabulary
+
+    vocabulary = default_vocabulary()
+    config = TrainingConfig(stage="coarse", phantom_seeds=[14], crop_size=(16, 16, 16), spacing=(8.0, 8.0, 8.0))
+    spec = crop_spec(config)
+    augmentation = CropAugmentation(3.0, 10.0, 1.0, (0.9, 1.1), 1.0)
+    labels, crops = precomputed_phantom_crops([14, 15], 5, vocabulary, [CropRequest(spec, 3, augmentation)])
+    lesions, cases = phantom_lesions([14, 15], 5, vocabulary)
+
+    assert crops[0].shape == (10, 3, 3, 16, 16, 16)
+    assert crops[0].dtype == torch.float16
+    assert labels == [lesion.labels for lesion in lesions]
+    plain = LesionCropDataset(lesions, cases, spec)
+    for index in range(len(lesions)):
+        torch.testing.assert_close(crops[0][index, 0].float(), plain[index], rtol=0.0, atol=2e-3)
+        # Augmented copies differ from the plain crop and from each other.
+        assert (crops[0][index, 1] - crops[0][index, 0]).abs().max() > 0.01
+        assert (crops[0][index, 2] - crops[0][index, 1]).abs().max() > 0.01
+
+    dataset = PrecomputedCropDataset(crops[0], labels, seed=3)
+    drawn = [dataset[0] for _ in range(30)]
+    assert all(item.dtype == torch.float32 and item.shape == (3, 16, 16, 16) for item in drawn)
+    copies = {int(np.argmin([(item - crops[0][0, copy].float()).abs().sum() for copy in range(3)])) for item in drawn}
+    assert copies == {0, 1, 2}

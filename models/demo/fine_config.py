@@ -1,29 +1,31 @@
 """Fine model of the demo, trained on the same phantom studies as the coarse model.
 
 The crop is 16 x 16 x 16 voxels at 8 mm (a 128 mm cube). ``reproduce.sh`` trains this
-model at the same time as the coarse one, so no coarse predictions exist yet: the
-fine batches group each anchor with the fine sites under its true coarse site and fill
-the rest at random. The published recipe also adds the sites under the coarse model's
-predictions; set ``coarse_model`` to a trained coarse checkpoint to do so.
+model after the coarse one: every training lesion is also cropped on the coarse grid
+and ranked by the trained coarse model, and each fine batch groups an anchor with the
+fine sites under its true coarse site and under the coarse model's top 3 (at most 80 %
+of the batch), the rest drawn at random, as in the published recipe.
 """
 
 stage = "fine"
-phantom_seeds = list(range(100, 110))
-phantom_lesions = 150
+phantom_seeds = list(range(100, 220))
+phantom_lesions = 125
+crop_copies = 3
 output_dir = "runs/demo/fine"
+coarse_model = "runs/demo/coarse/model"
 # The phantom places lesions in about 300 of the fine sites; prompts of the others were
 # never trained against an image, so the checkpoint keeps only the trained ones.
 prompt_sites = "trained"
 
 crop_size = (16, 16, 16)
 spacing = (8.0, 8.0, 8.0)
-width = 0.25
+width = 0.5
 embed_dim = 128
 
 epochs = 20
 batch_size = 32
 learning_rate = 2e-3
-lr_milestones = (6,)
+lr_milestones = (14, 18)
 skip_top = 5
 related_fraction = 0.8
 

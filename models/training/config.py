@@ -43,6 +43,12 @@ class TrainingConfig:
     :mod:`models.training.dataset`) or from phantom studies generated in memory from
     ``phantom_seeds``; one of the two is required.
 
+    ``crop_copies`` (phantom data only) switches to crops computed before training: each
+    study is built, its lesions cropped ``crop_copies`` times (the first copy without
+    augmentation) and the study dropped, in ``num_workers`` processes. Each step then
+    takes one random copy per lesion. 0 keeps the studies in memory and crops every
+    sample during training, with ``num_workers`` data-loader processes.
+
     ``prompt_sites`` chooses the prompts stored in the checkpoint: every site of the level
     (``"all"``) or only the sites that have training lesions (``"trained"``). Untrained
     prompts were never contrasted against images, so they can outscore the right site.
@@ -54,6 +60,7 @@ class TrainingConfig:
     train_csv: Path | None = None
     phantom_seeds: list[int] = field(default_factory=list)
     phantom_lesions: int = 40
+    crop_copies: int = 0
     vocabulary: Path | None = None
 
     crop_size: tuple[int, int, int] | None = None
@@ -130,6 +137,9 @@ class TrainingConfig:
             (len(self.scale_range) == 2 and 0 < self.scale_range[0] <= self.scale_range[1],
              f"scale_range must be (low, high) with 0 < low <= high, got {self.scale_range}"),
             (self.regions_per_batch >= 1, f"regions_per_batch must be at least 1, got {self.regions_per_batch}"),
+            (self.crop_copies >= 0, f"crop_copies must be >= 0, got {self.crop_copies}"),
+            (not (self.crop_copies and self.train_csv),
+             "crop_copies applies to phantom_seeds only; set it to 0 when training from train_csv"),
             (self.jitter_mm >= 0, f"jitter_mm must be >= 0, got {self.jitter_mm}"),
         ]
         for ok, message in checks:

@@ -267,6 +267,45 @@ class LesionCropDataset(Dataset):
         return crop_points(case, self.lesion_mask(index, case), self.spec, points)
 
 
+class PrecomputedCropDataset(Dataset):
+    """Crops computed before training: each item is one of its lesion's copies, drawn at random.
+
+    Parameters
+    ----------
+    crops : torch.Tensor
+        ``(lesions, copies, channels, z, y, x)`` crops of any float dtype. Items are float32.
+    labels : sequence of SampleLabels
+        Labels of the lesions, in the order of ``crops``.
+    seed : int
+        Seed of the copy choice (each data-loader worker adds its id).
+    """
+
+    def __init__(self, crops: torch.Tensor, labels: Sequence[SampleLabels], seed: int = 0) -> None:
+        if crops.ndim != 6 or crops.shape[0] != len(labels):
+            raise ValueError(
+                f"invalid crops shape {tuple(crops.shape)}: expected (lesions={len(labels)}, copies, channels, z, y, x)"
+            )
+        self.crops = crops
+        self._labels = list(labels)
+        self.seed = seed
+        self._rng: np.random.Generator | None = None
+
+    @property
+    def labels(self) -> list[SampleLabels]:
+        """Labels of the lesions, indexed like the dataset."""
+        return self._labels
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if self._rng is None:
+            info = torch.utils.data.get_worker_info()
+            self._rng = np.random.default_rng([self.seed, info.id + 1 if info else 0])
+        copy = int(self._rng.integers(self.crops.shape[1]))
+        return self.crops[index, copy].float()
+
+
 def crop_points(case: TrainingCase, mask: LesionMask, spec: CropSpec, points: torch.Tensor) -> torch.Tensor:
     """Sample every channel of ``spec`` at ``(z, y, x, 3)`` LPS points; returns ``(channels, z, y, x)``."""
     channels = []

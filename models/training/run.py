@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,13 +17,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.checkpoint import CheckpointMetadata, load_checkpoint, save_checkpoint
+from models.checkpoint import Checkpoint, CheckpointMetadata, load_checkpoint, save_checkpoint
 from models.crop import CropSpec
 from models.networks.image_encoder import ImageEncoder
 from models.training.augment import NO_AUGMENTATION, CropAugmentation
 from models.training.config import TrainingConfig
-from models.training.dataset import CaseCache, LesionCropDataset, TrainingLesion, read_training_csv
+from models.training.dataset import (
+    CaseCache,
+    LesionCropDataset,
+    PrecomputedCropDataset,
+    TrainingLesion,
+    read_training_csv,
+)
 from models.training.distributed import DistributedContext, init_distributed
+from models.training.phantom import CropRequest, phantom_lesions, precomputed_phantom_crops
 from models.training.samplers import SampleLabels
 from models.training.trainer import ClipTrainingModel, ContrastiveTrainer, TrainingHistory
 from models.vocabulary import Vocabulary, default_vocabulary, load_vocabulary
@@ -62,8 +69,6 @@ def load_lesions(config: TrainingConfig, vocabulary: Vocabulary) -> tuple[list[T
     """Return the training lesions and their studies from the CSV or the phantom seeds."""
     if config.train_csv is not None:
         return read_training_csv(config.train_csv, config.stage, site_lookup(vocabulary))
-    from models.training.phantom import phantom_lesions
-
     return phantom_lesions(config.phantom_seeds, config.phantom_lesions, vocabulary)
 
 
@@ -86,6 +91,35 @@ def minilm_text_features(prompts: Sequence[str], embed_dim: int) -> tuple[torch.
     return features, nn.Linear(features.shape[1], embed_dim)
 
 
+def coarse_rankings(
+    checkpoint: Checkpoint, crop_batches: Iterable[torch.Tensor], top: int, device: torch.device
+) -> list[tuple[str, ...]]:
+    """Return the coarse model's ``top`` sites, best first, for every crop of ``crop_batches``."""
+    site_ids = checkpoint.metadata.site_ids
+    texts = nn.functional.normalize(checkpoint.prompt_embeddings.float().to(device), dim=-1)
+    rankings: list[tuple[str, ...]] = []
+    with torch.inference_mode():
+        for crops in crop_batches:
+            embeddings = checkpoint.image_encoder(crops.float().to(device)).float()
+            scores = nn.functional.normalize(embeddings, dim=-1) @ texts.T
+            for row in scores.cpu().numpy():
+                rankings.append(tuple(list(dict.fromkeys(site_ids[column] for column in np.argsort(-row)))[:top]))
+    return rankings
+
+
+def with_coarse_predictions(
+    labels: Sequence[SampleLabels], rankings: Sequence[tuple[str, ...]], source: Path
+) -> list[SampleLabels]:
+    """Return ``labels`` with empty ``coarse_predictions`` filled from ``rankings``, logging the top-1 rate."""
+    predicted = [
+        label if label.coarse_predictions else replace(label, coarse_predictions=ranked)
+        for label, ranked in zip(labels, rankings, strict=True)
+    ]
+    hits = sum(label.coarse_id == label.coarse_predictions[0] for label in predicted)
+    LOGGER.info("coarse model %s: top-1 %d of %d training lesions", source, hits, len(predicted))
+    return predicted
+
+
 def add_coarse_predictions(
     lesions: list[TrainingLesion], cases: CaseCache, coarse_model: Path, top: int, device: torch.device
 ) -> list[TrainingLesion]:
@@ -96,37 +130,47 @@ def add_coarse_predictions(
     if all(lesion.labels.coarse_predictions for lesion in lesions):
         return lesions
     checkpoint = load_checkpoint(coarse_model, device)
-    spec = CropSpec.from_metadata(checkpoint.metadata)
-    dataset = LesionCropDataset(lesions, cases, spec, NO_AUGMENTATION)
-    site_ids = checkpoint.metadata.site_ids
-    texts = nn.functional.normalize(checkpoint.prompt_embeddings.float(), dim=-1)
-
-    predicted: list[TrainingLesion] = []
-    with torch.inference_mode():
-        for start in range(0, len(lesions), 16):
-            batch = range(start, min(start + 16, len(lesions)))
-            crops = torch.stack([dataset[index] for index in batch]).to(device)
-            scores = nn.functional.normalize(checkpoint.image_encoder(crops).float(), dim=-1) @ texts.T
-            for index, row in zip(batch, scores.cpu().numpy(), strict=True):
-                ranked = list(dict.fromkeys(site_ids[column] for column in np.argsort(-row)))[:top]
-                lesion = lesions[index]
-                if lesion.labels.coarse_predictions:
-                    predicted.append(lesion)
-                else:
-                    predicted.append(replace(lesion, labels=replace(lesion.labels, coarse_predictions=tuple(ranked))))
-    hits = sum(lesion.labels.coarse_id == lesion.labels.coarse_predictions[0] for lesion in predicted)
-    LOGGER.info("coarse model %s: top-1 %d of %d training lesions", coarse_model, hits, len(predicted))
-    return predicted
+    dataset = LesionCropDataset(lesions, cases, CropSpec.from_metadata(checkpoint.metadata), NO_AUGMENTATION)
+    batches = (
+        torch.stack([dataset[index] for index in range(start, min(start + 16, len(lesions)))])
+        for start in range(0, len(lesions), 16)
+    )
+    rankings = coarse_rankings(checkpoint, batches, top, device)
+    labels = with_coarse_predictions([lesion.labels for lesion in lesions], rankings, coarse_model)
+    return [replace(lesion, labels=label) for lesion, label in zip(lesions, labels, strict=True)]
 
 
-def training_summary(config: TrainingConfig, lesions: Sequence[TrainingLesion], history: TrainingHistory) -> dict:
+def precomputed_dataset(
+    config: TrainingConfig, vocabulary: Vocabulary, augmentation: CropAugmentation, context: DistributedContext
+) -> PrecomputedCropDataset:
+    """Build the phantom studies of ``config``, crop every lesion ``crop_copies`` times and drop the studies.
+
+    A fine run with ``coarse_model`` also crops each lesion on the coarse model's grid and
+    stores that model's top sites in the labels.
+    """
+    requests = [CropRequest(crop_spec(config), config.crop_copies, augmentation)]
+    coarse = None
+    if config.stage == "fine" and config.coarse_model is not None:
+        coarse = load_checkpoint(config.coarse_model, context.device)
+        requests.append(CropRequest(CropSpec.from_metadata(coarse.metadata)))
+    labels, crops = precomputed_phantom_crops(
+        config.phantom_seeds, config.phantom_lesions, vocabulary, requests, config.num_workers, config.seed
+    )
+    if coarse is not None:
+        rankings = coarse_rankings(coarse, crops[1][:, 0].split(64), config.coarse_predictions_top, context.device)
+        labels = with_coarse_predictions(labels, rankings, config.coarse_model)
+    return PrecomputedCropDataset(crops[0], labels, seed=config.seed + 7919 * context.rank)
+
+
+def training_summary(
+    config: TrainingConfig, labels: Sequence[SampleLabels], studies: int, history: TrainingHistory
+) -> dict:
     """Return the training record stored in the checkpoint metadata."""
-    labels: list[SampleLabels] = [lesion.labels for lesion in lesions]
     return {
         "stage": config.stage,
         "source": str(config.train_csv) if config.train_csv else f"phantom seeds {config.phantom_seeds}",
-        "lesions": len(lesions),
-        "studies": len({lesion.case_key for lesion in lesions}),
+        "lesions": len(labels),
+        "studies": studies,
         "sites": len({label.coarse_id if config.stage == "coarse" else label.fine_id for label in labels}),
         "epochs": len(history.loss),
         "final_loss": history.loss[-1] if history.loss else None,
@@ -141,7 +185,8 @@ def export_model(
     vocabulary: Vocabulary,
     sites: Sequence,
     text_features: torch.Tensor,
-    lesions: Sequence[TrainingLesion],
+    labels: Sequence[SampleLabels],
+    studies: int,
 ) -> Path:
     """Write ``output_dir/model``: the image encoder and the projected prompt embedding of each site.
 
@@ -170,7 +215,7 @@ def export_model(
         logit_scale=config.logit_scale,
         prompts=[site.description for site in sites],
         text_encoder=MINILM_TEXT_ENCODER,
-        training=training_summary(config, lesions, trainer.history),
+        training=training_summary(config, labels, studies, trainer.history),
     )
     # The projection lets inference re-encode a site whose description changes later.
     projection = {key: value.cpu() for key, value in model.text_projection.state_dict().items()}
@@ -196,32 +241,42 @@ def run_training(
     context = context or init_distributed(config.device)
     torch.manual_seed(config.seed)
     vocabulary = load_run_vocabulary(config)
-    lesions, cases = load_lesions(config, vocabulary)
-    if not lesions:
+    augmentation = CropAugmentation(
+        config.jitter_mm, config.rotation_degrees, config.rotation_probability,
+        tuple(config.scale_range), config.scale_probability,
+    )
+    dataset: LesionCropDataset | PrecomputedCropDataset
+    if config.crop_copies:
+        dataset = precomputed_dataset(config, vocabulary, augmentation, context)
+        studies = len(config.phantom_seeds)
+        loader_workers = 0
+    else:
+        lesions, cases = load_lesions(config, vocabulary)
+        if config.stage == "fine" and config.coarse_model is not None:
+            lesions = add_coarse_predictions(
+                lesions, cases, config.coarse_model, config.coarse_predictions_top, context.device
+            )
+        dataset = LesionCropDataset(lesions, cases, crop_spec(config), augmentation, seed=config.seed + 7919 * context.rank)
+        studies = len({lesion.case_key for lesion in lesions})
+        loader_workers = config.num_workers
+    if not len(dataset):
         raise ValueError("the training data holds no lesions")
-    if config.stage == "fine" and config.coarse_model is not None:
-        lesions = add_coarse_predictions(lesions, cases, config.coarse_model, config.coarse_predictions_top, context.device)
 
     sites = level_sites(vocabulary, config.stage)
     if config.text_encoder != "minilm":
         raise ValueError("training supports text_encoder = 'minilm'; CLIP weights are not available offline")
     text_features, projection = minilm_text_features([site.description for site in sites], config.embed_dim)
 
-    augmentation = CropAugmentation(
-        config.jitter_mm, config.rotation_degrees, config.rotation_probability,
-        tuple(config.scale_range), config.scale_probability,
-    )
-    dataset = LesionCropDataset(lesions, cases, crop_spec(config), augmentation, seed=config.seed + 7919 * context.rank)
     encoder = ImageEncoder(config.crop_shape, in_channels=3, embed_dim=config.embed_dim, width=config.width)
     trainer = ContrastiveTrainer(
         config, dataset, dataset.labels, [site.id for site in sites], text_features,
-        ClipTrainingModel(encoder, projection), context,
+        ClipTrainingModel(encoder, projection), context, loader_workers,
     )
     LOGGER.info(
         "training %s model on %d lesions of %d sites, %d epochs of %d batches",
-        config.stage, len(lesions), len(set(trainer.text_rows.tolist())), config.epochs, len(trainer.sampler),
+        config.stage, len(dataset), len(set(trainer.text_rows.tolist())), config.epochs, len(trainer.sampler),
     )
     trainer.train(progress)
     if not context.is_main:
         return None
-    return export_model(trainer, config, vocabulary, sites, text_features, lesions)
+    return export_model(trainer, config, vocabulary, sites, text_features, dataset.labels, studies)

@@ -139,6 +139,9 @@ class ContrastiveTrainer:
         Image encoder and text projection to train.
     context : DistributedContext
         Rank, world size and device.
+    loader_workers : int, optional
+        Data-loader processes; default ``config.num_workers``. Datasets that only index
+        tensors in memory run fastest with 0.
     """
 
     def __init__(
@@ -150,8 +153,10 @@ class ContrastiveTrainer:
         text_features: torch.Tensor,
         model: ClipTrainingModel,
         context: DistributedContext,
+        loader_workers: int | None = None,
     ) -> None:
         self.config = config
+        self.loader_workers = config.num_workers if loader_workers is None else loader_workers
         self.dataset = dataset
         self.labels = list(labels)
         self.context = context
@@ -241,8 +246,8 @@ class ContrastiveTrainer:
         return DataLoader(
             IndexedDataset(self.dataset),
             batch_sampler=ShardedBatches(self.sampler, self.context),
-            num_workers=self.config.num_workers,
-            persistent_workers=self.config.num_workers > 0,
+            num_workers=self.loader_workers,
+            persistent_workers=self.loader_workers > 0,
             pin_memory=self.context.device.type == "cuda",
         )
 
