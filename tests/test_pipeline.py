@@ -278,7 +278,7 @@ def newer_seg_folder(study: Path, folder: Path) -> tuple[str, str]:
     return old_uid, str(seg.SeriesInstanceUID)
 
 
-def test_analysis_measures_the_seg_it_was_queued_for(tmp_path, sqlite_url, phantom_study, tiny_models, pacs):
+def test_requeue_keeps_its_seg(tmp_path, sqlite_url, phantom_study, tiny_models, pacs):
     """A requeued analysis measures its own SEG even after a newer SEG arrived."""
     from worker.admin import create_requeued_analysis
     from worker.db.session import get_engine
@@ -302,7 +302,7 @@ def test_analysis_measures_the_seg_it_was_queued_for(tmp_path, sqlite_url, phant
         assert session.get(Analysis, again).state == AnalysisState.REPORTED
 
 
-def test_queued_analysis_follows_a_late_seg(tmp_path, sqlite_url, phantom_study, tiny_models, pacs):
+def test_queued_analysis_takes_late_seg(tmp_path, sqlite_url, phantom_study, tiny_models, pacs):
     """A SEG arriving while the study's analysis still waits becomes that analysis's SEG."""
     from worker.db.session import get_engine
 

@@ -46,8 +46,8 @@ SQLITE_LOCKED_RETRIES = 3
 LAST_RECEIVED_RESOLUTION = timedelta(seconds=1)
 
 # Files modified up to this long before the newest recorded instance are checked for a
-# row at start. Rows commit within milliseconds of their file, and a lost log tail holds
-# only the newest rows.
+# row at start. Rows commit within milliseconds of their file, and a lost log tail
+# contains only the newest rows.
 RECOVERY_MARGIN = timedelta(minutes=5)
 _RECOVERY_BATCH = 500
 

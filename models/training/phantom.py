@@ -135,7 +135,7 @@ def precomputed_phantom_crops(
     """Return the labels of all lesions of the phantom studies of ``seeds`` and their crops per request.
 
     Studies are built and cropped one at a time in ``processes`` worker processes, so
-    memory holds one study per process plus the float16 crops: about 25 KB per crop of
+    memory contains one study per process plus the float16 crops: about 25 KB per crop of
     3 x 16^3 voxels, against about 110 MB per study that :func:`phantom_lesions` keeps.
     The result does not depend on ``processes``.
     """

@@ -140,6 +140,11 @@ def add_coarse_predictions(
     return [replace(lesion, labels=label) for lesion, label in zip(lesions, labels, strict=True)]
 
 
+def rank_seed(config: TrainingConfig, context: DistributedContext) -> int:
+    """Return the data seed of this process, so that each rank draws its own samples."""
+    return config.seed + 7919 * context.rank
+
+
 def precomputed_dataset(
     config: TrainingConfig, vocabulary: Vocabulary, augmentation: CropAugmentation, context: DistributedContext
 ) -> PrecomputedCropDataset:
@@ -159,7 +164,7 @@ def precomputed_dataset(
     if coarse is not None:
         rankings = coarse_rankings(coarse, crops[1][:, 0].split(64), config.coarse_predictions_top, context.device)
         labels = with_coarse_predictions(labels, rankings, config.coarse_model)
-    return PrecomputedCropDataset(crops[0], labels, seed=config.seed + 7919 * context.rank)
+    return PrecomputedCropDataset(crops[0], labels, seed=rank_seed(config, context))
 
 
 def training_summary(
@@ -256,7 +261,9 @@ def run_training(
             lesions = add_coarse_predictions(
                 lesions, cases, config.coarse_model, config.coarse_predictions_top, context.device
             )
-        dataset = LesionCropDataset(lesions, cases, crop_spec(config), augmentation, seed=config.seed + 7919 * context.rank)
+        dataset = LesionCropDataset(
+            lesions, cases, crop_spec(config), augmentation, seed=rank_seed(config, context)
+        )
         studies = len({lesion.case_key for lesion in lesions})
         loader_workers = config.num_workers
     if not len(dataset):
