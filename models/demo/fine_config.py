@@ -10,7 +10,7 @@ of the batch), the rest drawn at random, as in the published recipe.
 stage = "fine"
 phantom_seeds = list(range(100, 220))
 phantom_lesions = 125
-crop_copies = 3
+crop_copies = 5
 output_dir = "runs/demo/fine"
 coarse_model = "runs/demo/coarse/model"
 # The phantom places lesions in about 300 of the fine sites; prompts of the others were
@@ -26,7 +26,10 @@ epochs = 20
 batch_size = 32
 learning_rate = 2e-3
 lr_milestones = (14, 18)
-skip_top = 5
+# The published 5 suits real labels, where neighbouring sites are often debatable. A
+# phantom's labels are exact, and keeping the 5 closest wrong sites in the loss raised
+# held-out top-1 from 66.5 % to 87.5 % with the same coarse model.
+skip_top = 0
 related_fraction = 0.8
 
 jitter_mm = 3.0
