@@ -30,7 +30,7 @@ lr_milestones = (100, 200)
 lr_gamma = 0.1
 
 # Loss: the 2 highest-scoring wrong texts per row are skipped, targets smoothed by 0.1.
-# Use 0 for exactly labelled data such as phantoms (see docs/training.md).
+# With exact labels, such as a phantom's, use 0 so that neighbouring sites stay in the loss.
 skip_top = 2
 label_smoothing = 0.1
 

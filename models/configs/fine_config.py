@@ -24,8 +24,8 @@ weight_decay = 5e-4
 lr_milestones = (100, 200)
 lr_gamma = 0.1
 
-# The 5 highest-scoring wrong texts per row are skipped. Use 0 for exactly labelled
-# data such as phantoms (see docs/training.md).
+# The 5 highest-scoring wrong texts per row are skipped. With exact labels, such as a
+# phantom's, use 0 so that neighbouring sites stay in the loss.
 skip_top = 5
 label_smoothing = 0.1
 

@@ -25,9 +25,8 @@ epochs = 20
 batch_size = 32
 learning_rate = 2e-3
 lr_milestones = (14, 18)
-# The published recipe drops the 2 best-scoring wrong sites of each row, because real
-# labels of neighbouring sites are often debatable. A phantom's labels are exact, and
-# dropping those negatives kept the demo from learning to separate neighbours.
+# 2 in the published recipe, for debatable real labels. Phantom labels are exact, so the
+# closest wrong sites stay in the loss and the model learns to separate neighbours.
 skip_top = 0
 # Three regions per batch instead of the published two: in a run this short, distant
 # negatives from a third region teach the coarse layout of the body sooner.
