@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 
 LOGGER = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# Version 2 added ``scales``; version 1 files have one scale and still load.
+FORMAT_VERSION = 2
 WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "model.json"
 PROMPT_EMBEDDINGS_KEY = "prompt_embeddings"
@@ -92,6 +93,9 @@ class CheckpointMetadata:
     ``crop_size`` and ``spacing`` are in patient-axis order ``(x, y, z)`` (voxels and mm);
     the network input is ``(channels, z, y, x)``. ``normalizers`` and ``interpolation``
     have one entry per channel, ``None`` for a channel passed unchanged (the mask).
+    ``scales`` multiply ``spacing``: the input holds every channel once per scale, all
+    grids of the same size and centre, the channels of the first scale first. Published
+    models have one scale, 1.
     ``site_ids`` names the vocabulary site of each prompt embedding row; a site may
     appear on several rows when several prompts describe it.
     """
@@ -108,6 +112,7 @@ class CheckpointMetadata:
     channels: tuple[str, ...] = DEFAULT_CHANNELS
     interpolation: tuple[str, ...] = DEFAULT_INTERPOLATION
     normalizers: tuple[Normalizer | None, ...] = (CT_NORMALIZER, PET_NORMALIZER, None)
+    scales: tuple[float, ...] = (1.0,)
     logit_scale: float = DEFAULT_LOGIT_SCALE
     prompts: list[str] = field(default_factory=list)
     text_encoder: str = ""
@@ -122,6 +127,7 @@ class CheckpointMetadata:
         self.spacing = tuple(float(v) for v in self.spacing)  # type: ignore[assignment]
         self.channels = tuple(self.channels)
         self.interpolation = tuple(self.interpolation)
+        self.scales = tuple(float(v) for v in self.scales)
         self.normalizers = tuple(
             n if n is None or isinstance(n, Normalizer) else Normalizer(**n) for n in self.normalizers
         )
@@ -133,6 +139,11 @@ class CheckpointMetadata:
         x, y, z = self.crop_size
         return (z, y, x)
 
+    @property
+    def input_channels(self) -> int:
+        """Channels of the network input: every channel once per scale."""
+        return len(self.channels) * len(self.scales)
+
     def validate(self) -> None:
         """Raise :class:`CheckpointError` naming the first inconsistent field."""
         if self.level not in LEVELS:
@@ -141,6 +152,8 @@ class CheckpointMetadata:
             raise CheckpointError(f"architecture {self.architecture!r} is not supported; expected {ARCHITECTURE!r}")
         if len(self.crop_size) != 3 or len(self.spacing) != 3 or min(self.spacing) <= 0:
             raise CheckpointError(f"invalid crop grid: crop_size {self.crop_size}, spacing {self.spacing} mm")
+        if not self.scales or min(self.scales) <= 0:
+            raise CheckpointError(f"scales must be one or more positive spacing factors, got {self.scales}")
         channel_lists = (len(self.channels), len(self.interpolation), len(self.normalizers))
         if len(set(channel_lists)) != 1:
             raise CheckpointError(
@@ -191,7 +204,7 @@ def build_image_encoder(metadata: CheckpointMetadata) -> ImageEncoder:
     """Return a randomly initialised image encoder shaped as ``metadata`` describes."""
     return ImageEncoder(
         metadata.crop_shape,
-        in_channels=len(metadata.channels),
+        in_channels=metadata.input_channels,
         embed_dim=metadata.embed_dim,
         width=metadata.width,
     )

@@ -18,7 +18,9 @@ Channels, as the published HCL-AL models expect them:
 3. the lesion's own mask, nearest neighbour, 0 or 1.
 
 The normalisers come from the checkpoint. Grid points outside a volume are 0 in that
-volume's channel after normalisation.
+volume's channel after normalisation. A model with several scales takes the channels
+once per scale, each on a grid of the same size and centre whose spacing is the
+model's spacing times the scale: a wide view and a close view of the same lesion.
 
 NOTE: whether the reference implementation fills outside voxels with 0 before or after
 normalisation is not documented. Here the network input is 0 there, which only
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -58,13 +60,15 @@ class CropSpec:
     """The grid and intensity handling of one model's input.
 
     ``size`` (voxels) and ``spacing`` (mm) are in ``(x, y, z)`` order; the crop array
-    is ``(channels, z, y, x)``.
+    is ``(channels * len(scales), z, y, x)``: the channels at each spacing factor of
+    ``scales``, in that order.
     """
 
     size: tuple[int, int, int]
     spacing: tuple[float, float, float]
     channels: tuple[str, ...] = ("ct", "pet", "mask")
     normalizers: tuple[Normalizer | None, ...] = ()
+    scales: tuple[float, ...] = (1.0,)
 
     @classmethod
     def from_metadata(cls, metadata: CheckpointMetadata) -> CropSpec:
@@ -74,6 +78,7 @@ class CropSpec:
             spacing=metadata.spacing,
             channels=tuple(metadata.channels),
             normalizers=tuple(metadata.normalizers),
+            scales=tuple(metadata.scales),
         )
 
     @property
@@ -81,6 +86,16 @@ class CropSpec:
         """Crop array shape ``(z, y, x)``."""
         x, y, z = self.size
         return (z, y, x)
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the crop array: every channel once per scale."""
+        return len(self.channels) * len(self.scales)
+
+    def at_scale(self, scale: float) -> CropSpec:
+        """Return the single-scale grid of this crop whose spacing is multiplied by ``scale``."""
+        spacing = tuple(value * scale for value in self.spacing)
+        return replace(self, spacing=spacing, scales=(1.0,))  # type: ignore[arg-type]
 
     def normalizer(self, channel: str) -> Normalizer | None:
         """Return the normaliser of ``channel``, or ``None`` for none."""
@@ -302,7 +317,7 @@ class StudyCropper:
         centres: Sequence[Sequence[float]],
         masks: Sequence[LesionMeasurement | tuple[Sequence[float], Sequence[float]]],
     ) -> torch.Tensor:
-        """Return ``(len(centres), channels, z, y, x)`` float32 crops.
+        """Return ``(len(centres), channels * scales, z, y, x)`` float32 crops.
 
         Parameters
         ----------
@@ -319,6 +334,10 @@ class StudyCropper:
         unknown = set(spec.channels) - {"ct", "pet", "mask"}
         if unknown:
             raise CropError(f"unknown channels {sorted(unknown)}")
+        if len(spec.scales) > 1:
+            return torch.cat([self.crop(spec.at_scale(scale), centres, masks) for scale in spec.scales], dim=1)
+        if spec.scales != (1.0,):
+            spec = spec.at_scale(spec.scales[0])
 
         out = torch.zeros((len(centres), len(spec.channels), *spec.shape), dtype=torch.float32, device=self.device)
         axes = crop_axes(spec, self.device)

@@ -18,6 +18,7 @@ from models.checkpoint import (
     CheckpointMetadata,
     HclalPrompt,
     Normalizer,
+    build_image_encoder,
     import_hclal,
     load_checkpoint,
     read_metadata,
@@ -140,7 +141,35 @@ def test_checkpoint_metadata_is_plain_json(tmp_path):
     ]
     assert data["channels"] == ["ct", "pet", "mask"]
     assert data["crop_size"] == [32, 32, 48]
-    assert data["version"] == 1
+    assert data["scales"] == [1.0]
+    assert data["version"] == 2
+
+
+def test_checkpoint_with_two_scales_round_trip(tmp_path):
+    torch.manual_seed(0)
+    metadata = small_metadata(scales=(1.0, 0.375))
+    encoder = build_image_encoder(metadata).eval()
+    save_checkpoint(tmp_path, encoder, torch.randn(3, 16), metadata)
+
+    loaded = load_checkpoint(tmp_path)
+    crops = torch.randn(2, 6, 48, 32, 32)
+    assert loaded.metadata.scales == (1.0, 0.375)
+    assert loaded.image_encoder.in_channels == 6
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.image_encoder(crops), encoder(crops))
+
+
+def test_version_1_checkpoint_loads_with_one_scale(tmp_path):
+    metadata = small_metadata()
+    save_checkpoint(tmp_path, ImageEncoder(metadata.crop_shape, width=0.25, embed_dim=16), torch.zeros(3, 16), metadata)
+    data = json.loads((tmp_path / "model.json").read_text())
+    del data["scales"]
+    data["version"] = 1
+    (tmp_path / "model.json").write_text(json.dumps(data))
+
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.metadata.scales == (1.0,)
+    assert loaded.image_encoder.in_channels == 3
 
 
 def test_checkpoint_detects_changed_weights(tmp_path):
@@ -175,6 +204,8 @@ def test_metadata_rejects_bad_values():
         Normalizer(0.0, 0.0, False)
     with pytest.raises(CheckpointError, match="newer than this worker"):
         small_metadata(version=99)
+    with pytest.raises(CheckpointError, match="scales must be one or more positive spacing factors"):
+        small_metadata(scales=(1.0, -0.5))
 
 
 def test_load_rejects_folder_without_metadata(tmp_path):
@@ -296,6 +327,7 @@ def test_cli_import_hclal_and_show(tmp_path, published_model):
     assert table.exit_code == 0
     assert "fine model" in table.output
     assert "(v - 40) / 200, clipped to [-1, 1]" in table.output
+    assert "1 (1.5 x 1.5 x 1.5 mm)" in table.output
 
 
 def test_cli_import_rejects_untrusted_pickle(tmp_path, published_model):

@@ -94,6 +94,21 @@ def test_crop_ct_is_linear_in_patient_x(ct_of_x):
     np.testing.assert_allclose(crops[0, CT].numpy(), np.broadcast_to(expected, (8, 12, 16)), atol=1e-5)
 
 
+def test_crop_with_two_scales_stacks_a_closer_view(ct_of_x):
+    spec = CropSpec(size=SPEC.size, spacing=SPEC.spacing, normalizers=SPEC.normalizers, scales=(1.0, 0.25))
+    crops = StudyCropper(ct_of_x, None).crop_boxes(spec, [(5.0, 1.0, 2.0)], [(4.0, 4.0, 4.0)])
+
+    assert spec.input_channels == 6
+    assert crops.shape == (1, 6, 8, 12, 16)
+    # The second view's columns are 0.5 mm apart instead of 2 mm, around the same centre.
+    close_x = 5.0 + (np.arange(16) - 7.5) * 0.5
+    np.testing.assert_allclose(crops[0, 3 + CT, 4, 6].numpy(), (close_x - 40.0) / 200.0, atol=1e-5)
+    np.testing.assert_allclose(crops[0, CT, 4, 6].numpy(), (crop_x_positions(5.0) - 40.0) / 200.0, atol=1e-5)
+    # The box spans x 3 to 7 mm: 8 columns of the close view (3.25 to 6.75), 2 of the wide one (4, 6).
+    assert crops[0, 3 + MASK, 4, 6].sum().item() == 8
+    assert crops[0, MASK, 4, 6].sum().item() == 2
+
+
 def test_crop_keeps_left_right_when_columns_flipped(ct_of_x):
     flipped = flipped_columns(ct_of_x)
     mask = np.zeros((40, 60, 80), dtype=bool)

@@ -266,6 +266,13 @@ def test_config_crop_copies_needs_phantoms():
         TrainingConfig(stage="coarse", phantom_seeds=[1], crop_copies=-1)
 
 
+def test_config_rejects_bad_scales():
+    with pytest.raises(ConfigError, match="scales must be one or more positive spacing factors"):
+        TrainingConfig(stage="fine", phantom_seeds=[1], scales=(1.0, 0.0))
+    with pytest.raises(ConfigError, match="scales must be one or more positive spacing factors"):
+        TrainingConfig(stage="fine", phantom_seeds=[1], scales=())
+
+
 def test_config_requires_data():
     with pytest.raises(ConfigError, match="set train_csv"):
         TrainingConfig(stage="fine")
@@ -492,8 +499,10 @@ def test_training_crop_equals_inference_crop():
     volumes = build_phantom_volumes(12, 8)
     ct = ImageGrid(volumes.ct_hu.astype(np.float32), volumes.ct_affine)
     pet = ImageGrid(volumes.pet_suv, volumes.pet_affine)
-    for spacing in (16.0, 8.0):
-        config = TrainingConfig(stage="coarse", phantom_seeds=[12], crop_size=(16, 16, 16), spacing=(spacing,) * 3)
+    for spacing, scales in ((16.0, (1.0,)), (8.0, (1.0,)), (8.0, (1.0, 0.375))):
+        config = TrainingConfig(
+            stage="coarse", phantom_seeds=[12], crop_size=(16, 16, 16), spacing=(spacing,) * 3, scales=scales
+        )
         spec: CropSpec = crop_spec(config)
         training = torch.stack([LesionCropDataset(lesions, cases, spec)[index] for index in range(len(lesions))])
         inference = StudyCropper(ct, pet).crop_lesions(spec, study_lesions(volumes))
@@ -501,6 +510,34 @@ def test_training_crop_equals_inference_crop():
         torch.testing.assert_close(training, inference, rtol=0.0, atol=1e-3)
         # A left-right flip of the crops would not match, so the check covers orientation.
         assert (training.flip(-1) - inference).abs().mean() > 0.05
+
+
+def test_augmented_scales_share_one_centre():
+    """Both views of a two-scale crop get the same jitter: each is centred on the moved lesion centre."""
+    from models.crop import CropSpec
+    from models.training.dataset import CaseCache, ImageGrid, LesionCropDataset, LesionMask, TrainingCase, TrainingLesion
+
+    # Slices along z, rows along y, columns along x, 2 mm apart, from -50 mm.
+    affine = np.array([[0, 0, 2, -50], [0, 2, 0, -50], [2, 0, 0, -50], [0, 0, 0, 1]], dtype=float)
+    # The CT value of a voxel is its LPS x in mm; the crop's mean CT is then the x of its centre.
+    grid = np.meshgrid(np.arange(50), np.arange(50), np.arange(50), indexing="ij")[2]
+    ct = ImageGrid((grid * 2.0 - 50.0).astype(np.float32), affine)
+    case = TrainingCase("case", ct, None, ct)
+    lesion = TrainingLesion(
+        "case", (4.0, 0.0, 0.0), (6.0, 6.0, 6.0), SampleLabels("c", "f", "r"),
+        LesionMask(np.ones((3, 3, 3), dtype=bool), (24, 24, 26)),
+    )
+    spec = CropSpec((16, 16, 16), (3.0, 3.0, 3.0), ("ct", "pet", "mask"), (None, None, None), (1.0, 0.5))
+    dataset = LesionCropDataset([lesion], CaseCache({"case": case}), spec, CropAugmentation(6.0, 0.0, 0.0), seed=2)
+
+    centres = []
+    for _ in range(4):
+        crop = dataset[0]
+        wide, close = crop[0].mean().item(), crop[3].mean().item()
+        assert close == pytest.approx(wide, abs=1e-3)
+        centres.append(wide)
+    assert all(abs(centre - 4.0) <= 6.0 + 1e-3 for centre in centres)
+    assert max(centres) - min(centres) > 0.5
 
 
 def test_crop_x_axis_points_to_patient_left():

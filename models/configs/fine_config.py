@@ -15,6 +15,9 @@ output_dir = "runs/fine"
 
 crop_size = (64, 64, 64)
 spacing = (1.5, 1.5, 1.5)
+# Spacing factors of the views stacked as input channels; (1.0, 0.5) would add a view at
+# half the spacing around the same centre. The published models have one view.
+scales = (1.0,)
 width = 1.0
 
 epochs = 300

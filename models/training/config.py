@@ -49,6 +49,10 @@ class TrainingConfig:
     takes one random copy per lesion. 0 keeps the studies in memory and crops every
     sample during training, with ``num_workers`` data-loader processes.
 
+    ``scales`` gives the model the crop once per spacing factor, on grids of
+    ``crop_size`` voxels and ``spacing`` times the factor: ``(1.0, 0.375)`` on an 8 mm grid
+    adds a 3 mm view of the lesion to the 128 mm view of its surroundings.
+
     ``prompt_sites`` chooses the prompts stored in the checkpoint: every site of the level
     (``"all"``) or only the sites that have training lesions (``"trained"``). Untrained
     prompts were never contrasted against images, so they can outscore the right site.
@@ -65,6 +69,7 @@ class TrainingConfig:
 
     crop_size: tuple[int, int, int] | None = None
     spacing: tuple[float, float, float] | None = None
+    scales: tuple[float, ...] = (1.0,)
     width: float = 1.0
     embed_dim: int = 512
     text_encoder: str = "minilm"
@@ -118,12 +123,15 @@ class TrainingConfig:
         self.coarse_model = Path(self.coarse_model) if self.coarse_model else None
         self.phantom_seeds = [int(seed) for seed in self.phantom_seeds]
         self.lr_milestones = tuple(int(epoch) for epoch in self.lr_milestones)
+        self.scales = tuple(float(v) for v in self.scales)
 
         checks = [
             (len(self.crop_size) == 3 and all(v > 0 and v % 16 == 0 for v in self.crop_size),
              f"crop_size must be three positive multiples of 16 (x, y, z voxels), got {self.crop_size}"),
             (len(self.spacing) == 3 and all(v > 0 for v in self.spacing),
              f"spacing must be three positive numbers (x, y, z mm), got {self.spacing}"),
+            (len(self.scales) >= 1 and all(v > 0 for v in self.scales),
+             f"scales must be one or more positive spacing factors, got {self.scales}"),
             (self.width > 0, f"width must be positive, got {self.width}"),
             (self.text_encoder in ("minilm", "clip"), f"text_encoder must be 'minilm' or 'clip', got {self.text_encoder!r}"),
             (self.prompt_sites in ("all", "trained"),

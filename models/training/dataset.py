@@ -259,12 +259,17 @@ class LesionCropDataset(Dataset):
         return self.masks[index]
 
     def __getitem__(self, index: int) -> torch.Tensor:
+        """Return lesion ``index``'s ``(channels * scales, z, y, x)`` crop with a fresh augmentation."""
         lesion = self.lesions[index]
         case = self.cases.get(lesion.case_key)
         offset, axes = self.augmentation.draw(self.rng)
         centre = torch.tensor(np.asarray(lesion.centre_mm) + offset, dtype=torch.float32)
-        points = self.offsets @ torch.as_tensor(axes, dtype=torch.float32).T + centre
-        return crop_points(case, self.lesion_mask(index, case), self.spec, points)
+        rotation = torch.as_tensor(axes, dtype=torch.float32).T
+        mask = self.lesion_mask(index, case)
+        # Every scale gets the same jitter, rotation and scaling about the same centre.
+        return torch.cat(
+            [crop_points(case, mask, self.spec, (self.offsets * scale) @ rotation + centre) for scale in self.spec.scales]
+        )
 
 
 class PrecomputedCropDataset(Dataset):

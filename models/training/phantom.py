@@ -114,7 +114,7 @@ def study_crops(
             lesions, cases, request.spec, request.augmentation, seed=augmentation_seed * 1_000_003 + seed
         )
         crops = torch.empty(
-            (len(lesions), request.copies, len(request.spec.channels), *request.spec.shape), dtype=torch.float16
+            (len(lesions), request.copies, request.spec.input_channels, *request.spec.shape), dtype=torch.float16
         )
         for index in range(len(lesions)):
             crops[index, 0] = plain[index]

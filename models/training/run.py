@@ -60,9 +60,11 @@ def site_lookup(vocabulary: Vocabulary) -> Callable[[str, str], tuple[str, str]]
 
 
 def crop_spec(config: TrainingConfig) -> CropSpec:
-    """Return the crop grid of the config with the published channels and normalisers."""
+    """Return the crop grid and scales of the config with the published channels and normalisers."""
     defaults = CheckpointMetadata("coarse", config.crop_size, config.spacing, [], "", "")
-    return CropSpec(config.crop_size, config.spacing, tuple(defaults.channels), tuple(defaults.normalizers))
+    return CropSpec(
+        config.crop_size, config.spacing, tuple(defaults.channels), tuple(defaults.normalizers), config.scales
+    )
 
 
 def load_lesions(config: TrainingConfig, vocabulary: Vocabulary) -> tuple[list[TrainingLesion], CaseCache]:
@@ -217,6 +219,7 @@ def export_model(
         embed_dim=config.embed_dim,
         channels=spec.channels,
         normalizers=spec.normalizers,
+        scales=spec.scales,
         logit_scale=config.logit_scale,
         prompts=[site.description for site in sites],
         text_encoder=MINILM_TEXT_ENCODER,
@@ -274,7 +277,9 @@ def run_training(
         raise ValueError("training supports text_encoder = 'minilm'; CLIP weights are not available offline")
     text_features, projection = minilm_text_features([site.description for site in sites], config.embed_dim)
 
-    encoder = ImageEncoder(config.crop_shape, in_channels=3, embed_dim=config.embed_dim, width=config.width)
+    encoder = ImageEncoder(
+        config.crop_shape, in_channels=crop_spec(config).input_channels, embed_dim=config.embed_dim, width=config.width
+    )
     trainer = ContrastiveTrainer(
         config, dataset, dataset.labels, [site.id for site in sites], text_features,
         ClipTrainingModel(encoder, projection), context, loader_workers,

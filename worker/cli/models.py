@@ -93,6 +93,8 @@ def show_command(
     rows = [
         ("architecture", f"{metadata.architecture}, width {metadata.width:g}, {metadata.embed_dim}-d embedding"),
         ("crop", f"{format_triplet(metadata.crop_size)} voxels at {format_triplet(metadata.spacing)} mm (x, y, z)"),
+        ("scales", ", ".join(f"{scale:g} ({format_triplet(tuple(v * scale for v in metadata.spacing))} mm)"
+                             for scale in metadata.scales)),
         ("channels", ", ".join(metadata.channels)),
         ("interpolation", ", ".join(metadata.interpolation)),
         ("normalizers", "; ".join(format_normalizer(n) for n in data["normalizers"])),
