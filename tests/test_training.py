@@ -352,6 +352,15 @@ def test_training_resumes_from_state(tmp_path: Path):
     assert len(second.history.loss) == 3
 
 
+def test_resume_rejects_model_of_other_shape(tmp_path: Path):
+    small_run(tmp_path, epochs=1).train()
+    wider = small_run(tmp_path, epochs=2)
+    wider.model.image_encoder = ImageEncoder(wider.config.crop_shape, in_channels=6, width=0.25, embed_dim=16)
+
+    with pytest.raises(ValueError, match="contains a model of another shape.*in_block.conv.weight"):
+        wider.load_state()
+
+
 # Several processes: the whole-batch loss over all-gathered embeddings.
 
 DISTRIBUTED_STEP = """

@@ -231,7 +231,14 @@ class ContrastiveTrainer:
                 f"{self.state_path} holds a {state.get('stage')!r} run, not {self.config.stage!r}; "
                 "choose another output_dir or set resume = False"
             )
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise ValueError(
+                f"{self.state_path} contains a model of another shape (crop_size, scales, width or embed_dim "
+                f"changed since it was saved): {str(exc).splitlines()[-1].strip().rstrip('.')}; "
+                "choose another output_dir or set resume = False"
+            ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.history = TrainingHistory(**state["history"])
