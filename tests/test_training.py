@@ -493,6 +493,28 @@ def test_parse_seeds_ranges():
     assert parse_seeds("0-3,7, 9-10") == [0, 1, 2, 3, 7, 9, 10]
 
 
+def test_train_command_rejects_bad_seeds():
+    from typer.testing import CliRunner
+
+    from worker.cli import app
+
+    result = CliRunner().invoke(app, ["train", "coarse", "--phantom-seeds", "0-x"])
+    assert result.exit_code != 0
+    assert "--phantom-seeds must be numbers and ranges like '0-39,50', got '0-x'" in result.output
+
+
+@pytest.mark.parametrize(
+    ("seeds", "text"),
+    [(list(range(100, 220)), "100-219"), ([1, 2, 3, 7], "1-3,7"), ([5], "5"), ([4, 2], "4,2"), ([], "")],
+)
+def test_format_seed_ranges(seeds, text):
+    from models.training.phantom import format_seed_ranges, parse_seed_ranges
+
+    assert format_seed_ranges(seeds) == text
+    if seeds:
+        assert parse_seed_ranges(text) == seeds
+
+
 def test_training_crop_equals_inference_crop():
     """A phantom lesion's training crop (no augmentation) is the crop the Localizer takes, voxel for voxel."""
     pytest.importorskip("dicom.phantom.volumes")

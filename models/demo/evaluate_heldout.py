@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from models.inference import Localizer
-from models.training.dataset import ImageGrid
-from models.training.dataset import mask_box
+from models.training.dataset import ImageGrid, mask_box
+from models.training.phantom import format_seed_ranges, parse_seed_ranges
 
 DEFAULT_SEEDS = "5000-5019"
 DEFAULT_LESIONS = 20
@@ -35,15 +35,6 @@ class PhantomLesion:
     bbox_mm: tuple[float, ...]
     mask: np.ndarray
     mask_origin: tuple[int, int, int]
-
-
-def parse_seeds(text: str) -> list[int]:
-    """Parse ``'5000-5019'`` or ``'1,2,5'`` into seeds."""
-    seeds: list[int] = []
-    for part in text.split(","):
-        low, _, high = part.partition("-")
-        seeds.extend(range(int(low), int(high) + 1) if high else [int(low)])
-    return seeds
 
 
 def study_lesions(volumes) -> list[PhantomLesion]:
@@ -87,7 +78,7 @@ def evaluate(model_dir: Path, seeds: list[int], lesion_count: int) -> dict[str, 
         "coarse_top1": coarse_correct / total,
         "lesions": total,
         "studies": len(seeds),
-        "seeds": f"{seeds[0]}-{seeds[-1]}",
+        "seeds": format_seed_ranges(seeds),
         "ms_per_lesion": 1000 * seconds / total,
         "most_confused": [[t, p, n] for (t, p), n in confusions.most_common(5)],
     }
@@ -100,7 +91,7 @@ def main() -> None:
     parser.add_argument("--lesions", type=int, default=DEFAULT_LESIONS, help="lesions per phantom study")
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    print(json.dumps(evaluate(arguments.model, parse_seeds(arguments.seeds), arguments.lesions)))
+    print(json.dumps(evaluate(arguments.model, parse_seed_ranges(arguments.seeds), arguments.lesions)))
 
 
 if __name__ == "__main__":

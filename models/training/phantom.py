@@ -36,6 +36,35 @@ from models.vocabulary import Vocabulary
 LOGGER = logging.getLogger(__name__)
 
 
+def parse_seed_ranges(text: str) -> list[int]:
+    """Return the seeds of ``'0-39'``, ``'1,2,5'`` or a mix such as ``'0-3, 7'``.
+
+    Raises
+    ------
+    ValueError
+        If a part is not a number or a range of two numbers.
+    """
+    seeds: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        seeds.extend(range(int(low), int(high) + 1) if high else [int(low)])
+    return seeds
+
+
+def format_seed_ranges(seeds: Sequence[int]) -> str:
+    """Return seeds as ranges of consecutive numbers, ``'100-219'`` or ``'1-3,7'``."""
+    parts: list[str] = []
+    start = previous = None
+    for seed in [*seeds, None]:
+        if start is not None and seed == previous + 1:
+            previous = seed
+            continue
+        if start is not None:
+            parts.append(str(start) if start == previous else f"{start}-{previous}")
+        start = previous = seed
+    return ",".join(parts)
+
+
 def phantom_case(seed: int, lesion_count: int, vocabulary: Vocabulary) -> tuple[TrainingCase, list[TrainingLesion]]:
     """Build one phantom study in memory and return its images and labelled lesions.
 

@@ -30,7 +30,7 @@ from models.training.dataset import (
     read_training_csv,
 )
 from models.training.distributed import DistributedContext, init_distributed
-from models.training.phantom import CropRequest, phantom_lesions, precomputed_phantom_crops
+from models.training.phantom import CropRequest, format_seed_ranges, phantom_lesions, precomputed_phantom_crops
 from models.training.samplers import SampleLabels
 from models.training.trainer import ClipTrainingModel, ContrastiveTrainer, TrainingHistory
 from models.vocabulary import Vocabulary, default_vocabulary, load_vocabulary
@@ -173,9 +173,10 @@ def training_summary(
     config: TrainingConfig, labels: Sequence[SampleLabels], studies: int, history: TrainingHistory
 ) -> dict:
     """Return the training record stored in the checkpoint metadata."""
+    source = str(config.train_csv) if config.train_csv else f"phantom seeds {format_seed_ranges(config.phantom_seeds)}"
     return {
         "stage": config.stage,
-        "source": str(config.train_csv) if config.train_csv else f"phantom seeds {config.phantom_seeds}",
+        "source": source,
         "lesions": len(labels),
         "studies": studies,
         "sites": len({label.coarse_id if config.stage == "coarse" else label.fine_id for label in labels}),

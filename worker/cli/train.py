@@ -124,15 +124,13 @@ def train_command(
 
 
 def parse_seeds(text: str) -> list[int]:
-    """Parse ``'0-39'``, ``'1,2,5'`` or a mix into a list of seeds."""
-    seeds: list[int] = []
+    """Parse ``'0-39'``, ``'1,2,5'`` or a mix into a list of seeds, or exit with the expected form."""
+    from models.training.phantom import parse_seed_ranges
+
     try:
-        for part in text.split(","):
-            low, _, high = part.strip().partition("-")
-            seeds.extend(range(int(low), int(high) + 1) if high else [int(low)])
+        return parse_seed_ranges(text)
     except ValueError:
         fail(f"--phantom-seeds must be numbers and ranges like '0-39,50', got {text!r}")
-    return seeds
 
 
 def register(app: typer.Typer) -> None:
