@@ -364,6 +364,7 @@ def test_resume_rejects_model_of_other_shape(tmp_path: Path):
 # Several processes: the whole-batch loss over all-gathered embeddings.
 
 DISTRIBUTED_STEP = """
+import os
 import sys
 import torch
 from torch import nn
@@ -378,6 +379,12 @@ trainer.train_step(crops[local], torch.tensor(batch))
 if context.is_main:
     torch.save(trainer.model.state_dict(), sys.argv[1])
 shutdown_distributed()
+# NOTE: with torch 2.13 and Gloo, about one run in 15 on a loaded 2-core VM aborted at
+# interpreter exit, after both ranks had left the group ("terminate called without an
+# active exception"). The step is checked by its saved result, so skip exit handlers.
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)
 """
 
 
