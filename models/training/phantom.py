@@ -53,16 +53,13 @@ def parse_seed_ranges(text: str) -> list[int]:
 
 def format_seed_ranges(seeds: Sequence[int]) -> str:
     """Return seeds as ranges of consecutive numbers, ``'100-219'`` or ``'1-3,7'``."""
-    parts: list[str] = []
-    start = previous = None
-    for seed in [*seeds, None]:
-        if start is not None and seed == previous + 1:
-            previous = seed
-            continue
-        if start is not None:
-            parts.append(str(start) if start == previous else f"{start}-{previous}")
-        start = previous = seed
-    return ",".join(parts)
+    runs: list[list[int]] = []
+    for seed in seeds:
+        if runs and seed == runs[-1][-1] + 1:
+            runs[-1].append(seed)
+        else:
+            runs.append([seed])
+    return ",".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
 
 
 def phantom_case(seed: int, lesion_count: int, vocabulary: Vocabulary) -> tuple[TrainingCase, list[TrainingLesion]]:
