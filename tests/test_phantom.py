@@ -22,6 +22,8 @@ from dicom.phantom import (
     phantom_sites,
     sample_lesion,
 )
+from dicom.phantom.anatomy import OUTSIDE, Grid
+from dicom.phantom.lesions import LesionPlacementError, SiteSampler, sample_lesions, sphere_mask
 from models.vocabulary import default_vocabulary
 from tests.support.validate_dicom import validate
 from worker.cli import app
@@ -181,6 +183,46 @@ def test_sample_lesion_inside_site(site_id: str) -> None:
         assert lesion.site_id == site_id
         assert anatomy.site_at(lesion.centre_mm) == site_id
         assert 8.0 <= lesion.diameter_mm <= 30.0
+        block, mask = sphere_mask(anatomy.grid, lesion.centre_mm, lesion.diameter_mm)
+        labels = anatomy.labels[block][mask]
+        in_site = sum(anatomy.site_ids[label] == site_id for label in labels)
+        assert in_site >= len(labels) / 2
+
+
+def test_lesions_lie_mostly_in_site() -> None:
+    volumes = build_phantom_volumes(5000, 20)
+    anatomy = volumes.anatomy
+    for lesion, (block, mask) in zip(volumes.lesions, volumes.lesion_masks, strict=True):
+        labels = anatomy.labels[block][mask]
+        in_site = sum(anatomy.site_ids[label] == lesion.site_id for label in labels)
+        assert in_site >= len(labels) / 2, lesion
+
+
+def sheet_sampler() -> SiteSampler:
+    """A 20 x 20 x 20 map of 2 mm voxels: a block 12 mm thick and a sheet one voxel thin."""
+    labels = np.full((20, 20, 20), OUTSIDE, dtype=np.int16)
+    labels[2:18, 2:18, 2:8] = 2
+    labels[2:18, 2:18, 14] = 3
+    grid = Grid((20, 20, 20), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
+    sites = ["outside_body_external", None, "block", "sheet"]
+    return SiteSampler(labels, sites, ["air", "fat", "muscle", "muscle"], grid)
+
+
+def test_sample_lesion_rejects_thin_site() -> None:
+    sampler = sheet_sampler()
+    assert sampler.voxel_count("sheet") == 256
+    with pytest.raises(LesionPlacementError, match="'sheet' has no point where a lesion of 8 mm"):
+        sample_lesion("sheet", np.random.default_rng(0), sampler)
+
+
+def test_sample_lesions_skips_thin_site() -> None:
+    sampler = sheet_sampler()
+    lesions = sample_lesions(1, np.random.default_rng(0), sampler)
+    assert [lesion.site_id for lesion in lesions] == ["block"]
+    assert sampler.fraction_in_site("block", lesions[0].centre_mm, lesions[0].diameter_mm) >= 0.5
+    assert sampler.fraction_in_site("sheet", (28.0, 20.0, -20.0), 8.0) < 0.5
+    with pytest.raises(ValueError, match="could place only 1 of 2"):
+        sample_lesions(2, np.random.default_rng(0), sampler)
 
 
 def test_sample_lesion_rejects_unpainted_site() -> None:

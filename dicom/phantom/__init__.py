@@ -39,7 +39,8 @@ Entry points
                   "code": {"value": ..., "scheme": "SCT", "meaning": ...},
                   "centroid_mm": [x, y, z], "diameter_mm": d, "suv_max": s}]}
 
-``centroid_mm`` is the sphere centre in LPS millimetres and the centre of a CT voxel;
+``centroid_mm`` is the sphere centre in LPS millimetres and the centre of a CT voxel of
+the lesion's site, and at least half of the lesion's CT voxels lie in that site;
 ``suv_max`` is the largest SUV that the PET files encode inside the lesion.
 """
 

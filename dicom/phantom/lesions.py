@@ -13,6 +13,19 @@ from dicom.phantom.anatomy import BODY_FAT, OUTSIDE, TISSUES, Grid
 MIN_SITE_VOXELS = 20
 # Gap kept between the surfaces of two lesions of one study, in mm.
 LESION_GAP_MM = 6.0
+# Share of a lesion's CT voxels that must lie in its site, so that the site under the
+# centre also contains most of the lesion.
+MIN_SITE_FRACTION = 0.5
+# Smallest lesion diameter in mm, and the factor by which a lesion shrinks when too
+# little of it lies in its site.
+MIN_DIAMETER_MM = 8.0
+SHRINK_FACTOR = 0.8
+# Centres drawn for one lesion before the site counts as unable to hold one.
+CENTRE_ATTEMPTS = 20
+
+
+class LesionPlacementError(ValueError):
+    """Error raised when a site of the phantom cannot hold a lesion; the message gives the reason."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +46,7 @@ class SiteSampler:
         self.grid = grid
         self.site_ids = site_ids
         self.tissues = tissues
+        self._label_map = labels
         self._labels = labels.ravel()
         self._counts = np.bincount(self._labels, minlength=len(site_ids))
         self._voxels: dict[int, np.ndarray] = {}
@@ -58,11 +72,16 @@ class SiteSampler:
         """Return the tissue painted for ``site_id``."""
         return self.tissues[self._label_of[site_id]]
 
+    def fraction_in_site(self, site_id: str, centre: tuple[float, float, float], diameter: float) -> float:
+        """Return the share of a sphere's CT voxels (as :func:`sphere_mask` draws it) in ``site_id``."""
+        block, mask = sphere_mask(self.grid, centre, diameter)
+        return float(np.mean(self._label_map[block][mask] == self._label_of[site_id]))
+
     def sample_centre(self, site_id: str, rng: np.random.Generator) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
         """Return a random voxel index of ``site_id`` and its LPS centre in mm."""
         count = self.voxel_count(site_id)
         if count < MIN_SITE_VOXELS:
-            raise ValueError(f"site {site_id!r} has {count} voxels in the phantom; it cannot hold a lesion")
+            raise LesionPlacementError(f"site {site_id!r} has {count} voxels in the phantom; it cannot hold a lesion")
         label = self._label_of[site_id]
         if label not in self._voxels:
             self._voxels[label] = np.flatnonzero(self._labels == label)
@@ -89,27 +108,52 @@ def lesion_appearance(tissue: str, rng: np.random.Generator) -> tuple[float, flo
 
 
 def sample_lesion(site_id: str, rng: np.random.Generator, sampler: SiteSampler | None = None) -> LesionSpec:
-    """Draw one lesion centred inside ``site_id``.
+    """Draw one lesion centred inside ``site_id`` and lying mostly in it.
 
     The centre is a CT voxel centre labelled ``site_id``, so the site of the label map at the
-    centre is always ``site_id``. The diameter (8 to 30 mm) shrinks for small sites.
+    centre is always ``site_id``. The diameter (8 to 30 mm) is drawn, capped for small sites,
+    then shrunk until at least half of the lesion's voxels lie in the site. When even an 8 mm
+    lesion at that centre lies mostly outside the site, another centre is drawn. So the site
+    under the centre is also the site that contains most of the lesion, as when a radiologist
+    assigns a lesion to a site.
     ``sampler`` defaults to the anatomy of seed 0 (see :func:`dicom.phantom.default_anatomy`).
     """
     if sampler is None:
         from dicom.phantom.volumes import default_anatomy
 
         sampler = default_anatomy().sampler
-    _index, centre = sampler.sample_centre(site_id, rng)
     volume = sampler.voxel_count(site_id) * sampler.voxel_volume_mm3
     equivalent_diameter = 2.0 * (3.0 * volume / (4.0 * math.pi)) ** (1.0 / 3.0)
-    diameter = float(rng.uniform(10.0, 30.0))
-    diameter = round(max(8.0, min(diameter, equivalent_diameter + 4.0)), 1)
-    hu, suv = lesion_appearance(sampler.tissue_of(site_id), rng)
-    return LesionSpec(site_id, centre, diameter, suv, hu)
+    for _attempt in range(CENTRE_ATTEMPTS):
+        _index, centre = sampler.sample_centre(site_id, rng)
+        drawn = min(float(rng.uniform(10.0, 30.0)), equivalent_diameter + 4.0)
+        diameter = _diameter_in_site(sampler, site_id, centre, drawn)
+        if diameter is not None:
+            hu, suv = lesion_appearance(sampler.tissue_of(site_id), rng)
+            return LesionSpec(site_id, centre, diameter, suv, hu)
+    raise LesionPlacementError(
+        f"site {site_id!r} has no point where a lesion of {MIN_DIAMETER_MM:g} mm lies mostly inside it; "
+        "it cannot hold a lesion"
+    )
+
+
+def _diameter_in_site(
+    sampler: SiteSampler, site_id: str, centre: tuple[float, float, float], diameter: float
+) -> float | None:
+    """Shrink ``diameter`` in steps until half of the lesion lies in the site, or return ``None``."""
+    diameter = round(max(MIN_DIAMETER_MM, diameter), 1)
+    while sampler.fraction_in_site(site_id, centre, diameter) < MIN_SITE_FRACTION:
+        if diameter <= MIN_DIAMETER_MM:
+            return None
+        diameter = round(max(MIN_DIAMETER_MM, diameter * SHRINK_FACTOR), 1)
+    return diameter
 
 
 def sample_lesions(count: int, rng: np.random.Generator, sampler: SiteSampler) -> list[LesionSpec]:
-    """Draw ``count`` non-overlapping lesions, each in a different site."""
+    """Draw ``count`` non-overlapping lesions, each in a different site.
+
+    Sites are taken in random order, and a site where no lesion fits is skipped.
+    """
     sites = sampler.eligible_sites()
     if count > len(sites):
         raise ValueError(f"{count} lesions requested, but the phantom has {len(sites)} sites that can hold one")
@@ -118,7 +162,10 @@ def sample_lesions(count: int, rng: np.random.Generator, sampler: SiteSampler) -
         if len(lesions) == count:
             break
         for _attempt in range(20):
-            lesion = sample_lesion(str(site_id), rng, sampler)
+            try:
+                lesion = sample_lesion(str(site_id), rng, sampler)
+            except LesionPlacementError:
+                break
             if all(_apart(lesion, other) for other in lesions):
                 lesions.append(lesion)
                 break
