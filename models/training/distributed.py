@@ -93,9 +93,29 @@ def gather_embeddings(embeddings: torch.Tensor, context: DistributedContext) -> 
     """
     if not context.is_distributed:
         return embeddings
-    from torch.distributed.nn.functional import all_gather
+    return GatherWithGradient.apply(embeddings, context)
 
-    return torch.cat(all_gather(embeddings), dim=0)
+
+class GatherWithGradient(torch.autograd.Function):
+    """All-gather of equal shards whose backward returns this rank's rows of the summed gradient.
+
+    It replaces ``torch.distributed.nn.functional.all_gather``, which warns that it is
+    deprecated in PyTorch 2.13, with the same gradient: each rank's loss depends on every
+    shard, so the gradient of a shard is the sum over ranks of that shard's rows.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:  # type: ignore[override]
+        ctx.rows = tensor.shape[0]
+        ctx.rank = context.rank
+        return gather_tensor(tensor, context)
+
+    @staticmethod
+    def backward(ctx, gradient: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        summed = gradient.contiguous().clone()
+        dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+        start = ctx.rank * ctx.rows
+        return summed[start : start + ctx.rows], None
 
 
 def gather_tensor(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:

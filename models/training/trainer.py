@@ -243,7 +243,8 @@ class ContrastiveTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.history = TrainingHistory(**state["history"])
         self.epoch = int(state["epoch"])
-        LOGGER.info("resumed %s training at epoch %d from %s", self.config.stage, self.epoch, self.state_path)
+        if self.context.is_main:
+            LOGGER.info("resumed %s training at epoch %d from %s", self.config.stage, self.epoch, self.state_path)
         return True
 
     # Training.
@@ -298,10 +299,11 @@ class ContrastiveTrainer:
             self.epoch += 1
             self.history.loss.append(float(np.mean(losses)))
             self.history.accuracy.append(float(np.mean(accuracies)))
-            LOGGER.info(
-                "epoch %d/%d: loss %.4f, in-batch accuracy %.3f",
-                self.epoch, self.config.epochs, self.history.loss[-1], self.history.accuracy[-1],
-            )
+            if self.context.is_main:
+                LOGGER.info(
+                    "epoch %d/%d: loss %.4f, in-batch accuracy %.3f",
+                    self.epoch, self.config.epochs, self.history.loss[-1], self.history.accuracy[-1],
+                )
             if self.epoch % self.config.save_every == 0 or self.epoch == self.config.epochs:
                 self.save_state()
         return self.history
