@@ -82,12 +82,7 @@ def ct_series(
     frame_of_reference_uid: str | None = None,
 ) -> list[Dataset]:
     """Return ``count`` CT Image Storage slices of one new series, 2 mm apart."""
-    study_uid = study_uid or generate_uid()
-    series_uid = generate_uid()
-    frame = frame_of_reference_uid or generate_uid()
-    return [
-        _image(CTImageStorage, "CT", study_uid, series_uid, i, size, frame) for i in range(count)
-    ]
+    return _series(CTImageStorage, "CT", count, study_uid, size, frame_of_reference_uid)
 
 
 def pet_series(
@@ -98,13 +93,22 @@ def pet_series(
     frame_of_reference_uid: str | None = None,
 ) -> list[Dataset]:
     """Return ``count`` PET Image Storage slices of one new series, 2 mm apart."""
+    return _series(PositronEmissionTomographyImageStorage, "PT", count, study_uid, size, frame_of_reference_uid)
+
+
+def _series(
+    sop_class_uid: str,
+    modality: str,
+    count: int,
+    study_uid: str | None,
+    size: int,
+    frame_of_reference_uid: str | None,
+) -> list[Dataset]:
+    """Return ``count`` slices of one new series; missing UIDs are generated."""
     study_uid = study_uid or generate_uid()
     series_uid = generate_uid()
     frame = frame_of_reference_uid or generate_uid()
-    return [
-        _image(PositronEmissionTomographyImageStorage, "PT", study_uid, series_uid, i, size, frame)
-        for i in range(count)
-    ]
+    return [_image(sop_class_uid, modality, study_uid, series_uid, i, size, frame) for i in range(count)]
 
 
 def segmentation(source_images: Sequence[Dataset], mask: np.ndarray | None = None) -> Dataset:
