@@ -25,7 +25,7 @@ CENTRE_ATTEMPTS = 20
 
 
 class LesionPlacementError(ValueError):
-    """Error raised when a site of the phantom cannot hold a lesion; the message gives the reason."""
+    """Error raised when a site of the phantom cannot hold a lesion. The message gives the reason."""
 
 
 @dataclass(frozen=True)
@@ -132,8 +132,8 @@ def sample_lesion(site_id: str, rng: np.random.Generator, sampler: SiteSampler |
             hu, suv = lesion_appearance(sampler.tissue_of(site_id), rng)
             return LesionSpec(site_id, centre, diameter, suv, hu)
     raise LesionPlacementError(
-        f"site {site_id!r} has no point where a lesion of {MIN_DIAMETER_MM:g} mm lies mostly inside it; "
-        "it cannot hold a lesion"
+        f"site {site_id!r} has no point where a lesion of {MIN_DIAMETER_MM:g} mm lies mostly inside it, "
+        "so it cannot hold a lesion; choose another site"
     )
 
 

@@ -2,8 +2,8 @@
 
 Each seed gives one whole-body phantom with its own body proportions, organ shifts and
 noise, and lesions placed in distinct fine sites of the vocabulary. The labels are the
-phantom's ground truth: the fine site under each lesion centre, which also holds at least
-half of the lesion, and its coarse parent.
+phantom's ground truth: the fine site under each lesion centre, which also contains at
+least half of the lesion, and its coarse parent.
 
 :func:`phantom_lesions` keeps the studies in memory and crops them during training;
 :func:`precomputed_phantom_crops` crops every lesion once (plus augmented copies) right

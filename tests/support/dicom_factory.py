@@ -104,7 +104,7 @@ def _series(
     size: int,
     frame_of_reference_uid: str | None,
 ) -> list[Dataset]:
-    """Return ``count`` slices of one new series; missing UIDs are generated."""
+    """Return ``count`` slices of one new series, generating the UIDs not given."""
     study_uid = study_uid or generate_uid()
     series_uid = generate_uid()
     frame = frame_of_reference_uid or generate_uid()
